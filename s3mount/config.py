@@ -1,0 +1,67 @@
+"""Every setting of a mount in one frozen dataclass, with every default in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+# S3's own limits (AWS documentation; SeaweedFS enforces the minimum part size too).
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * GiB
+S3_MAX_PARTS = 10_000
+S3_MAX_PUT = 5 * GiB
+S3_MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    bucket: str
+    mountpoint: str
+    prefix: str = ""  # "" or ends with "/"
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+    read_only: bool = False
+    foreground: bool = False
+    debug: bool = False
+    log_file: str | None = None
+    allow_other: bool = False
+
+    uid: int = dataclasses.field(default_factory=os.getuid)
+    gid: int = dataclasses.field(default_factory=os.getgid)
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    dir_suffix: str = "/"
+
+    # Metadata: how long the kernel and we trust what S3 said (seconds). Small, because other
+    # clients may write to the bucket; 0 disables caching.
+    metadata_ttl: float = 1.0
+
+    # Writes
+    part_size: int = 8 * MiB
+    part_growth_every: int = 1000  # parts per stage; the part size doubles after each stage
+    max_memory: int = 40 * MiB  # bytes held in part buffers, across all open files
+    upload_concurrency: int = 4
+
+    # Reads
+    read_ahead_max: int = 32 * MiB  # per open file
+    read_memory: int = 128 * MiB  # prefetched bytes across all open files
+
+    # Talking to S3
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0  # socket read timeout of one request
+    retries: int = 8  # attempts after the first, for retryable failures
+    read_deadline: float = 60.0  # a read gives up (EIO) after this long
+    write_deadline: float = 600.0  # a part upload gives up after this long
+    max_connections: int = 16
+
+    @property
+    def mode_bits(self) -> tuple[int, int]:
+        return self.file_mode, self.dir_mode

@@ -1,0 +1,419 @@
+"""The pyfuse3 Operations: translate FUSE calls into inode-table, reader and writer calls.
+
+Thin on purpose: no S3 here. Every handler goes through `_fuse_errors`, the one place where our
+exceptions become an errno and a single log line; an unexpected exception becomes EIO with its
+traceback logged, and the mount keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
+
+import pyfuse3
+import trio
+
+from .config import Config, MiB
+from .errors import FsError
+from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
+from .inodes import InodeTable, Node
+from .keys import KeyMap, decode_name, join, parent_of, valid_name
+from .namespace import Entry, Namespace
+from .reader import ReadBudget, Reader
+from .store import Store
+from .writer import Uploads
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BLOCK = 1 * MiB  # st_blksize: tools size their I/O by it (cp uses it), FUSE writes are 1 MiB
+
+
+def _fuse_errors(
+        fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Let only FUSEError out of a handler; log each failure once."""
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            level = logging.DEBUG if exc.log_level == "debug" else logging.ERROR
+            log.log(level, "%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(exc.errno_, "?"))
+            raise pyfuse3.FUSEError(exc.errno_) from None
+        except Exception:
+            log.exception("%s failed unexpectedly; returning EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _not_found(path: str) -> FsError:
+    err = FsError(f"{path!r}: no such file or directory", errno.ENOENT)
+    err.log_level = "debug"
+    return err
+
+
+class S3Fs(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False  # it reorders writes and can send them after flush
+    enable_acl = False
+
+    def __init__(self, config: Config, store: Store, nursery: trio.Nursery) -> None:
+        super().__init__()
+        self.config = config
+        self.keys = KeyMap(config.prefix, config.dir_suffix)
+        self.ns = Namespace(store, self.keys)
+        self.inodes = InodeTable(config.metadata_ttl, self.ns.mount_time)
+        self.handles = HandleTable()
+        self.read_budget = ReadBudget(config.read_memory)
+        self.uploads = Uploads(config, store, nursery)
+        self.store = store
+        self.nursery = nursery
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        is_dir = node.kind == "dir"
+        a.st_mode = ((stat.S_IFDIR | self.config.dir_mode) if is_dir
+                     else (stat.S_IFREG | self.config.file_mode))
+        a.st_nlink = 2 if is_dir else 1
+        a.st_uid, a.st_gid = self.config.uid, self.config.gid
+        size = node.writer.bytes_written if node.writer is not None else node.size
+        a.st_size = size
+        a.st_blksize = BLOCK
+        a.st_blocks = (size + 511) // 512
+        ns = int(node.mtime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        a.entry_timeout = a.attr_timeout = self.config.metadata_ttl
+        return a
+
+    def _path(self, parent_inode: int, raw: bytes) -> str:
+        parent = self.inodes.get(parent_inode)
+        if parent.kind != "dir":
+            raise FsError(f"{parent.path!r} is not a directory", errno.ENOTDIR)
+        name = decode_name(raw)
+        if name == ".":
+            return parent.path
+        if name == "..":
+            return parent_of(parent.path)
+        if not valid_name(name):
+            raise FsError(f"{name!r} is not a valid name", errno.EINVAL)
+        return join(parent.path, name)
+
+    async def resolve(self, path: str) -> Node:
+        """The node at `path`, from the cache when fresh, else from S3; ENOENT if none."""
+        node = self.inodes.cached(path)
+        if node is not None:
+            return node
+        if self.inodes.known_missing(path):
+            raise _not_found(path)
+        entry = await self.ns.stat(path)
+        if entry is None:
+            self.inodes.set_missing(path)
+            raise _not_found(path)
+        return self.inodes.upsert(path, entry)
+
+    async def refresh(self, node: Node) -> Node:
+        """Re-read a file's attributes from S3 if they are stale."""
+        if node.kind == "file" and not node.detached and not self.inodes.fresh(node):
+            entry = await self.ns.stat(node.path)
+            if entry is None:
+                self.inodes.detach(node)
+                raise _not_found(node.path)
+            if entry.kind != node.kind:
+                self.inodes.detach(node)
+                raise FsError(f"{node.path!r} changed kind in S3", errno.ESTALE)
+            self.inodes.upsert(node.path, entry)
+        return node
+
+    def _check_writable(self) -> None:
+        if self.config.read_only:
+            raise FsError("the mount is read-only", errno.EROFS)
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            path = self._path(parent_inode, name)
+        except FsError as exc:
+            if exc.errno_ != errno.EINVAL:
+                raise
+            raise _not_found(name.decode(errors="replace")) from None
+        node = await self.resolve(path)
+        node.lookups += 1
+        return self.attrs(node)
+
+    @_fuse_errors
+    async def forget(self, inode_list: Any) -> None:
+        for ino, n in inode_list:
+            self.inodes.forget(ino, n)
+
+    @_fuse_errors
+    async def getattr(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attrs(await self.refresh(self.inodes.get(inode)))
+
+    @_fuse_errors
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self.refresh(self.inodes.get(inode))
+        if fields.update_size:
+            self._check_writable()
+            current = node.writer.bytes_written if node.writer is not None else node.size
+            if attr.st_size != current:
+                raise FsError(f"{node.path!r}: truncate to {attr.st_size} bytes is not "
+                              "supported (only to the current size, or to 0 at open)",
+                              errno.EOPNOTSUPP)
+        # mode, owner and times are accepted and not stored: S3 has no place for them yet,
+        # and tools such as cp -a and tar must not fail on plain files.
+        return self.attrs(node)
+
+    @_fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = BLOCK
+        s.f_blocks = s.f_bfree = s.f_bavail = 2**40 // BLOCK * 1024  # 1 PiB, all free
+        s.f_files = s.f_ffree = s.f_favail = 2**32
+        s.f_namemax = 255
+        return s
+
+    # -- directories ------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def opendir(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        node = self.inodes.get(inode)
+        if node.kind != "dir":
+            raise FsError(f"{node.path!r} is not a directory", errno.ENOTDIR)
+        node.opens += 1
+        return self.handles.add(DirHandle(node))
+
+    async def _dir_entries(self, node: Node) -> AsyncIterator[tuple[str, Entry]]:
+        """The listing from S3, with files still being written here added."""
+        writing = {n.path.rpartition("/")[2]: n for n in self.uploads.nodes_in(node.path)}
+        async for name, entry in self.ns.children(node.path):
+            if name in writing and entry.kind == "file":
+                continue
+            yield name, entry
+        for name, wnode in writing.items():
+            yield name, Entry("file", wnode.size, wnode.mtime)
+
+    @_fuse_errors
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
+                      token: pyfuse3.ReaddirToken) -> None:
+        h = self.handles.get(fh)
+        assert isinstance(h, DirHandle)
+        async with h.lock:
+            if h.entries is None or start_id != h.pos:
+                await self._rewind(h, start_id)
+            assert h.entries is not None
+            while True:
+                item = h.peeked or await anext(h.entries, None)
+                if item is None:
+                    return
+                name, entry = item
+                node = self.inodes.upsert(join(h.node.path, name), entry)
+                if not pyfuse3.readdir_reply(token, name.encode(),
+                                             self.attrs(node), h.pos + 1):
+                    h.peeked = item
+                    self.inodes.forget(node.ino, 0)
+                    return
+                node.lookups += 1
+                h.pos += 1
+                h.peeked = None
+
+    async def _rewind(self, h: DirHandle, start_id: int) -> None:
+        """(Re)start the listing and skip to entry `start_id` (after rewinddir or seekdir)."""
+        if h.entries is not None:
+            await cast(Any, h.entries).aclose()
+        h.entries, h.peeked, h.pos = self._dir_entries(h.node), None, 0
+        while h.pos < start_id and await anext(h.entries, None) is not None:
+            h.pos += 1
+
+    @_fuse_errors
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        h = self.handles.pop(fh)
+        assert isinstance(h, DirHandle)
+        if h.entries is not None:
+            await cast(Any, h.entries).aclose()
+        self.inodes.closed(h.node)
+
+    @_fuse_errors
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                    mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        path = self._path(parent_inode, name)
+        self.keys.check_key(path)
+        if await self._exists(path):
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        await self.store.put(self.keys.marker_key(path), b"", _EMPTY_MD5)
+        node = self.inodes.upsert(path, self.ns.dir_entry(time.time()))
+        node.lookups += 1
+        return self.attrs(node)
+
+    async def _exists(self, path: str) -> bool:
+        try:
+            await self.resolve(path)
+        except FsError as exc:
+            if exc.errno_ == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                    ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        path = self._path(parent_inode, name)
+        node = await self.resolve(path)
+        if node.kind != "dir":
+            raise FsError(f"{path!r} is not a directory", errno.ENOTDIR)
+        if not await self.ns.is_empty(path) or self.uploads.nodes_in(path):
+            raise FsError(f"{path!r} is not empty", errno.ENOTEMPTY)
+        await self.store.delete(self.keys.marker_key(path))
+        self.inodes.detach(node)
+        self.inodes.set_missing(path)
+
+    @_fuse_errors
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                     ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        path = self._path(parent_inode, name)
+        node = await self.resolve(path)
+        if node.kind == "dir":
+            raise FsError(f"{path!r} is a directory", errno.EISDIR)
+        if node.writer is not None:
+            raise FsError(f"{path!r} is being written; close it before removing it",
+                          errno.EBUSY)
+        await self.store.delete(self.keys.file_key(path))
+        self.inodes.detach(node)
+        self.inodes.set_missing(path)
+
+    # -- files ------------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def open(self, inode: pyfuse3.InodeT, flags: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.get(inode)
+        if node.kind == "dir":
+            raise FsError(f"{node.path!r} is a directory", errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            return await self._open_write(node, flags, ctx)
+        if node.writer is not None:
+            raise FsError(f"{node.path!r} is being written; it can be read once it is "
+                          "closed", errno.EPERM)
+        node = await self.refresh(node)
+        reader = Reader(self.store, self.keys.file_key(node.path), node.etag, node.size,
+                        self.read_budget, self.nursery, self.config.read_ahead_max)
+        node.opens += 1
+        fh = self.handles.add(ReadHandle(node, reader))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    async def _open_write(self, node: Node, flags: int,
+                          ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        self._check_writable()
+        if not flags & os.O_TRUNC:
+            raise FsError(f"{node.path!r} exists: S3 objects can only be replaced whole, so "
+                          "open it with O_TRUNC (as cp, dd and > do); appending and in-place "
+                          "edits are not supported", errno.EPERM)
+        fh = self._start_upload(node, ctx)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    def _start_upload(self, node: Node, ctx: pyfuse3.RequestContext) -> int:
+        if node.writer is not None:
+            raise FsError(f"{node.path!r} is already being written by another handle; "
+                          "S3 takes one writer per object", errno.EPERM)
+        key = self.keys.check_key(node.path)
+        node.writer = self.uploads.start(key, node)
+        node.opens += 1
+        node.mtime = time.time()
+        return self.handles.add(WriteHandle(node, node.writer, ctx.pid))
+
+    @_fuse_errors
+    async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
+                     flags: int, ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        path = self._path(parent_inode, name)
+        self.keys.check_key(path)
+        node = self.inodes.by_path.get(path)
+        if node is not None and node.kind == "dir":
+            raise FsError(f"{path!r} is a directory", errno.EISDIR)
+        if node is None or node.writer is None:
+            node = self.inodes.upsert(path, Entry("file", 0, time.time()))
+        fh = self._start_upload(node, ctx)
+        node.lookups += 1
+        return (pyfuse3.FileInfo(fh=fh, keep_cache=False),
+                self.attrs(node))
+
+    @_fuse_errors
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        h = self.handles.get(fh)
+        if not isinstance(h, ReadHandle):
+            raise FsError("this handle was opened for writing only", errno.EBADF)
+        return await h.reader.read(off, size)  # type: ignore[no-any-return]
+
+    @_fuse_errors
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        h = self.handles.get(fh)
+        if not isinstance(h, WriteHandle):
+            raise FsError("this handle was opened for reading only", errno.EBADF)
+        return await h.upload.write(off, buf)  # type: ignore[no-any-return]
+
+    @_fuse_errors
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, WriteHandle) and h.upload.bytes_written > 0:
+            await self._finish(h)
+
+    @_fuse_errors
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, WriteHandle):
+            await self._finish(h)
+
+    async def _finish(self, h: WriteHandle) -> None:
+        """Complete and verify the upload; the node takes the object's attributes."""
+        try:
+            info = await h.upload.complete()
+        finally:
+            if h.node.writer is h.upload:
+                h.node.writer = None
+        if info is not None and h.node.writer is None:
+            self.inodes.upsert(h.node.path, Entry("file", info.size, info.mtime, info.etag))
+
+    @_fuse_errors
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        h = self.handles.pop(fh)
+        try:
+            if isinstance(h, ReadHandle):
+                h.reader.close()
+            elif isinstance(h, WriteHandle):
+                if h.upload.state == "open":
+                    await self._finish(h)  # its error is logged; the kernel discards it
+                elif h.node.writer is h.upload:
+                    h.node.writer = None
+        finally:
+            self.inodes.closed(h.node)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """At unmount: let completing uploads finish, abort those never closed."""
+        await self.uploads.shutdown()
+
+
+_EMPTY_MD5 = bytes.fromhex("d41d8cd98f00b204e9800998ecf8427e")

@@ -1,0 +1,138 @@
+"""The inode table: inode <-> path, kernel lookup counts and forget, attribute and negative caches.
+
+A path keeps its inode while the kernel remembers it (lookup count > 0) or a handle is open on
+it. Attributes are trusted for `ttl` seconds; so is the knowledge that a path does not exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FsError
+from .namespace import Entry, Kind
+
+ROOT_INODE = 1
+NEGATIVE_CACHE_MAX = 10_000
+
+
+@dataclass
+class Node:
+    ino: int
+    path: str
+    kind: Kind
+    size: int = 0
+    mtime: float = 0.0
+    etag: str = ""
+    lookups: int = 0
+    opens: int = 0
+    expires: float = 0.0
+    writer: Any = None  # the active upload writing this file, if any
+    detached: bool = field(default=False)  # no longer reachable by its path
+
+    def apply(self, entry: Entry, expires: float) -> None:
+        self.size, self.mtime, self.etag = entry.size, entry.mtime, entry.etag
+        self.expires = expires
+
+
+class InodeTable:
+    def __init__(self, ttl: float, root_mtime: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self.next_ino = ROOT_INODE + 1
+        root = Node(ROOT_INODE, "", "dir", mtime=root_mtime, lookups=1, expires=float("inf"))
+        self.by_ino: dict[int, Node] = {ROOT_INODE: root}
+        self.by_path: dict[str, Node] = {"": root}
+        self.negative: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.by_ino)
+
+    def get(self, ino: int) -> Node:
+        try:
+            return self.by_ino[ino]
+        except KeyError:
+            raise FsError(f"unknown inode {ino}", errno.ENOENT) from None
+
+    def cached(self, path: str) -> Node | None:
+        """The node at `path` if its attributes are still fresh."""
+        node = self.by_path.get(path)
+        if node is not None and (node.expires > self.clock() or node.writer is not None):
+            return node
+        return None
+
+    def fresh(self, node: Node) -> bool:
+        return node.expires > self.clock() or node.writer is not None
+
+    def upsert(self, path: str, entry: Entry) -> Node:
+        """Record what S3 says is at `path`; a changed kind gets a new inode."""
+        self.negative.pop(path, None)
+        node = self.by_path.get(path)
+        if node is not None and node.kind != entry.kind:
+            self.detach(node)
+            node = None
+        if node is None:
+            node = Node(self.next_ino, path, entry.kind)
+            self.next_ino += 1
+            self.by_ino[node.ino] = node
+            self.by_path[path] = node
+        if node.writer is None:
+            node.apply(entry, self.clock() + self.ttl)
+        return node
+
+    def detach(self, node: Node) -> None:
+        """`node` is no longer at its path (deleted, replaced); it lives until forgotten."""
+        if self.by_path.get(node.path) is node:
+            del self.by_path[node.path]
+        node.detached = True
+        self._maybe_drop(node)
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self.by_ino.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.lookups = max(0, node.lookups - n)
+        self._maybe_drop(node)
+
+    def closed(self, node: Node) -> None:
+        node.opens -= 1
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.lookups == 0 and node.opens == 0 and node.ino != ROOT_INODE:
+            self.by_ino.pop(node.ino, None)
+            if self.by_path.get(node.path) is node:
+                del self.by_path[node.path]
+
+    # -- negative cache ----------------------------------------------------------------------
+
+    def known_missing(self, path: str) -> bool:
+        until = self.negative.get(path)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        del self.negative[path]
+        return False
+
+    def set_missing(self, path: str) -> None:
+        if self.ttl <= 0:
+            return
+        self.negative[path] = self.clock() + self.ttl
+        self.negative.move_to_end(path)
+        while len(self.negative) > NEGATIVE_CACHE_MAX:
+            self.negative.popitem(last=False)
+
+    def forget_missing(self, path: str) -> None:
+        self.negative.pop(path, None)
+
+    def invalidate_below(self, path: str) -> None:
+        """Attributes of `path` and its ancestors are stale (something was created under it)."""
+        node = self.by_path.get(path)
+        if node is not None and node.ino != ROOT_INODE:
+            node.expires = 0.0

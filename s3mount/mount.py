@@ -1,0 +1,91 @@
+"""Run a mount: trio, one nursery for all background work, pyfuse3 init/main/close, signals.
+
+`serve` returns when the filesystem is unmounted (umount, fusermount3 -u) or on SIGTERM/SIGINT;
+before it returns, uploads of closed files finish and files still open are aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import pyfuse3
+import trio
+
+from .config import Config
+from .errors import QuietError
+from .fs import S3Fs
+from .store import S3Store
+
+log = logging.getLogger(__name__)
+
+
+def fuse_options(config: Config) -> set[str]:
+    opts = {f"fsname=s3mount:{config.bucket}", "subtype=s3mount", "default_permissions",
+            "noatime"}
+    if config.read_only:
+        opts.add("ro")
+    if config.allow_other:
+        opts.add("allow_other")
+    return opts
+
+
+def notify_systemd(state: str) -> None:
+    """Tell systemd (Type=notify) about our state, if it is listening."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(addr)
+        sock.sendall(state.encode())
+
+
+async def _signals(cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            log.info("received %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            cancel.cancel()
+            return
+
+
+async def serve(config: Config, ready: Callable[[], None]) -> None:
+    store = S3Store(config)
+    with trio.fail_after(config.connect_timeout + config.request_timeout):
+        await store.check_bucket()
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        fs = S3Fs(config, store, nursery)
+        try:
+            pyfuse3.init(fs, config.mountpoint, fuse_options(config))
+        except RuntimeError as exc:
+            raise QuietError(f"cannot mount on {config.mountpoint}: {exc}", 6) from None
+        stack.callback(nursery.cancel_scope.cancel)
+        stack.callback(_close_fuse)
+        stack.push_async_callback(fs.shutdown)
+        log.info("mounted s3://%s/%s on %s", config.bucket, config.prefix, config.mountpoint)
+        ready()
+        notify_systemd("READY=1")
+        main_done = trio.CancelScope()
+        nursery.start_soon(_signals, main_done)
+        with main_done:
+            await pyfuse3.main()
+        notify_systemd("STOPPING=1")
+
+
+def _close_fuse() -> None:
+    try:
+        pyfuse3.close(unmount=True)
+    except Exception:  # noqa: BLE001 - already unmounted from outside
+        log.debug("pyfuse3.close failed", exc_info=True)
+    log.info("unmounted")
+
+
+def run(config: Config, ready: Callable[[], None]) -> None:
+    trio.run(serve, config, ready)

@@ -1,0 +1,322 @@
+"""The only module that talks to S3: async wrappers over boto3, one retry policy, errors mapped.
+
+Every call runs in a worker thread under our own limiter (never trio's default one), carries
+socket timeouts, and is retried with exponential backoff and full jitter until an overall
+deadline. boto3's own retries are off so that the two policies do not multiply. boto3 >= 1.36
+would add CRC32 checksums and `aws-chunked` bodies that several S3-compatible servers reject:
+we switch that off and send Content-MD5 ourselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import trio
+
+from .config import Config
+from .errors import (
+    AccessDenied,
+    NoSuchBucket,
+    NoSuchKey,
+    PreconditionFailed,
+    QuietError,
+    StoreError,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+_TRANSIENT = {
+    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
+    "ThrottlingException", "RequestTimeTooSkewed", "BadDigest", "IncompleteBody", "500", "502",
+    "503", "504",
+}
+_NETWORK_ERRORS = (
+    botocore.exceptions.ConnectionError,  # endpoint, connect timeout, connection closed
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+    etag: str  # without quotes
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    key: str
+    upload_id: str
+    initiated: float
+
+
+class Store(Protocol):
+    """What the filesystem needs from S3; tests wrap it to inject faults."""
+
+    async def head(self, key: str) -> ObjectInfo | None: ...
+    async def list_page(self, prefix: str, delimiter: str | None = "/",
+                        token: str | None = None, max_keys: int = 1000) -> ListPage: ...
+    async def get_range(self, key: str, start: int, end: int, etag: str) -> bytes: ...
+    async def put(self, key: str, body: Body, md5: bytes) -> str: ...
+    async def create_upload(self, key: str) -> str: ...
+    async def upload_part(self, key: str, upload_id: str, number: int,
+                          body: Body, md5: bytes) -> str: ...
+    async def complete_upload(self, key: str, upload_id: str,
+                              parts: Sequence[tuple[int, str]]) -> str: ...
+    async def abort_upload(self, key: str, upload_id: str) -> None: ...
+    async def delete(self, key: str) -> None: ...
+
+
+def strip_etag(etag: str) -> str:
+    return etag.strip('"').lower()
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+class SeekableBody(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+
+Body = bytes | bytearray | SeekableBody
+
+
+def _rewound(body: Body) -> Body:
+    """The body ready to send again: a file-like body is read from its start on each try."""
+    if not isinstance(body, bytes | bytearray):
+        body.seek(0)
+    return body
+
+
+def classify(exc: BaseException, what: str) -> StoreError:
+    """Turn a botocore/network exception into one of ours."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        msg = f"{what}: {code or status} {err.get('Message', '')}".strip()
+        if code in ("PreconditionFailed",) or status == 412:
+            return PreconditionFailed(f"{what}: the object changed (ETag no longer matches)")
+        if code == "NoSuchBucket":
+            return NoSuchBucket(msg)
+        if code in _NOT_FOUND or status == 404:
+            return NoSuchKey(msg)
+        if code in _DENIED or status == 403:
+            return AccessDenied(msg)
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            return TransientError(msg)
+        return StoreError(msg)
+    if isinstance(exc, _NETWORK_ERRORS):
+        return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied(f"{what}: no AWS credentials found")
+    return StoreError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded by attempts and by an overall deadline."""
+
+    retries: int = 8
+    base: float = 0.2
+    cap: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+class S3Store:
+    """The real store: boto3 in worker threads."""
+
+    def __init__(self, config: Config, client: Any | None = None) -> None:
+        self.bucket = config.bucket
+        self.config = config
+        self.policy = RetryPolicy(retries=config.retries)
+        self.limiter = trio.CapacityLimiter(config.max_connections)
+        self.client = client if client is not None else make_client(config)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[[], T], deadline: float) -> T:
+        """Run `fn` in a worker thread; retry transient failures until `deadline` seconds."""
+        give_up = time.monotonic() + deadline
+        attempt = 0
+        while True:
+            try:
+                return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+            except Exception as exc:  # noqa: BLE001 - classified right here
+                err = classify(exc, what)
+            if not isinstance(err, TransientError) or attempt >= self.policy.retries:
+                raise err
+            pause = self.policy.delay(attempt)
+            if time.monotonic() + pause > give_up:
+                raise TransientError(f"{err} (gave up after {deadline:.0f} s)")
+            attempt += 1
+            level = logging.WARNING if attempt >= 3 else logging.DEBUG
+            log.log(level, "%s; retry %d/%d in %.2f s", err, attempt, self.policy.retries, pause)
+            await trio.sleep(pause)
+
+    def _read_call(self, what: str, fn: Callable[[], T]) -> Any:
+        return self._call(what, fn, self.config.read_deadline)
+
+    def _write_call(self, what: str, fn: Callable[[], T]) -> Any:
+        return self._call(what, fn, self.config.write_deadline)
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    async def check_bucket(self) -> None:
+        """Fail fast (one attempt) with a QuietError when the bucket cannot be used."""
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self.client.head_bucket(Bucket=self.bucket), limiter=self.limiter)
+        except Exception as exc:  # noqa: BLE001
+            raise bucket_error(self.bucket, self.config.endpoint_url, exc) from None
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        def call() -> dict[str, Any]:
+            return self.client.head_object(Bucket=self.bucket, Key=key)  # type: ignore[no-any-return]
+        try:
+            r = await self._read_call(f"HEAD {key}", call)
+        except NoSuchKey:
+            return None
+        return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
+                          strip_etag(r.get("ETag", "")))
+
+    async def list_page(self, prefix: str, delimiter: str | None = "/",
+                        token: str | None = None, max_keys: int = 1000) -> ListPage:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        if token:
+            args["ContinuationToken"] = token
+        r = await self._read_call(f"LIST {prefix!r}",
+                                  lambda: self.client.list_objects_v2(**args))
+        objects = [ObjectInfo(o["Key"], int(o["Size"]), o["LastModified"].timestamp(),
+                              strip_etag(o.get("ETag", ""))) for o in r.get("Contents", [])]
+        prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+        nxt = r.get("NextContinuationToken") if r.get("IsTruncated") else None
+        return ListPage(objects, prefixes, nxt)
+
+    # -- data -------------------------------------------------------------------------------
+
+    async def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        """Bytes [start, end) of `key`, only if its ETag is still `etag`."""
+        def call() -> bytes:
+            r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
+                                       Range=f"bytes={start}-{end - 1}")
+            data: bytes = r["Body"].read()
+            if len(data) != end - start:
+                raise botocore.exceptions.IncompleteReadError(
+                    actual_bytes=len(data), expected_bytes=end - start)
+            return data
+        return await self._read_call(f"GET {key} [{start}, {end})", call)  # type: ignore[no-any-return]
+
+    async def put(self, key: str, body: Body, md5: bytes) -> str:
+        r = await self._write_call(f"PUT {key}", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5)))
+        return strip_etag(r.get("ETag", ""))
+
+    async def create_upload(self, key: str) -> str:
+        r = await self._write_call(f"CREATE-UPLOAD {key}", lambda: self.client
+                                   .create_multipart_upload(Bucket=self.bucket, Key=key))
+        return str(r["UploadId"])
+
+    async def upload_part(self, key: str, upload_id: str, number: int,
+                          body: Body, md5: bytes) -> str:
+        r = await self._write_call(f"PART {number} of {key}", lambda: self.client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+            Body=_rewound(body), ContentMD5=_b64(md5)))
+        return strip_etag(r.get("ETag", ""))
+
+    async def complete_upload(self, key: str, upload_id: str,
+                              parts: Sequence[tuple[int, str]]) -> str:
+        spec = {"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in parts]}
+        r = await self._write_call(f"COMPLETE {key}", lambda: self.client
+                                   .complete_multipart_upload(Bucket=self.bucket, Key=key,
+                                                              UploadId=upload_id,
+                                                              MultipartUpload=spec))
+        return strip_etag(r.get("ETag", ""))
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        await self._write_call(f"ABORT {key}", lambda: self.client.abort_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id))
+
+    async def delete(self, key: str) -> None:
+        await self._write_call(f"DELETE {key}", lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=key))
+
+    async def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        out: list[UploadInfo] = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            r = await self._read_call("LIST-UPLOADS", functools.partial(
+                self.client.list_multipart_uploads, **args))
+            out += [UploadInfo(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                    for u in r.get("Uploads", [])]
+            if not r.get("IsTruncated"):
+                return out
+            args.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
+
+
+def make_client(config: Config) -> Any:
+    """A boto3 S3 client with our timeouts, no SDK retries and no default CRC checksums."""
+    try:
+        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+    except botocore.exceptions.ProfileNotFound:
+        raise QuietError(f"AWS profile {config.profile!r} not found in ~/.aws/config") from None
+    if session.get_credentials() is None:
+        raise QuietError("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY, or use --profile", 3)
+    bc = botocore.config.Config(
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.request_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=config.max_connections,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
+    )
+    region = config.region or session.region_name or "us-east-1"
+    return session.client("s3", endpoint_url=config.endpoint_url, region_name=region, config=bc)
+
+
+def bucket_error(bucket: str, endpoint: str | None, exc: BaseException) -> QuietError:
+    """One clear line for the ways a bucket can be unusable at mount time."""
+    where = endpoint or "AWS S3"
+    err = classify(exc, f"bucket {bucket!r}")
+    if isinstance(err, NoSuchKey | NoSuchBucket):
+        return QuietError(f"bucket {bucket!r} does not exist at {where}", 4)
+    if isinstance(err, AccessDenied):
+        return QuietError(f"access to bucket {bucket!r} at {where} denied: check the "
+                          "credentials and the bucket policy", 3)
+    if isinstance(err, TransientError):
+        return QuietError(f"cannot reach {where}: {exc}", 5)
+    return QuietError(f"cannot use bucket {bucket!r} at {where}: {err}", 5)

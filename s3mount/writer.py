@@ -1,0 +1,409 @@
+"""Streaming uploads: sequential writes become a verified multipart upload in bounded memory.
+
+Bytes go into the current part buffer (an anonymous mmap, so only bytes written are resident).
+A full buffer is shipped when the next byte arrives: hashed in a worker thread, uploaded with
+Content-MD5 in the background, its returned ETag compared with the MD5 (re-sent on mismatch).
+A stream that ends inside its first part becomes one PutObject instead. Buffers are paid for
+from a global `WriteBudget`; when it is spent, `write()` waits for an upload to finish
+(backpressure). Completion checks the object's ETag (HEAD) against the locally built one; any
+failure aborts the upload, removes an object that failed verification, and is raised from
+`complete()` so that `close()` returns it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import mmap
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .config import Config
+from .errors import FsError, IntegrityError, StoreError
+from .etag import multipart_etag, single_etag
+from .schedule import PartSchedule
+from .store import ObjectInfo, Store
+
+if TYPE_CHECKING:
+    from .inodes import Node
+
+log = logging.getLogger(__name__)
+PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
+
+
+class _NeedRoom(Exception):
+    pass
+
+
+class WriteBudget:
+    """Bytes of part buffers all uploads may hold together; `acquire` waits for room."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self, n: int) -> int:
+        """Take `n` bytes (at most the whole budget: one part may exceed it); returns what
+        was taken, to give back with `release`."""
+        n = min(n, self.capacity)
+        while self.used + n > self.capacity:
+            await self._lot.park()
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._lot.unpark_all()
+
+
+class PartBody(io.RawIOBase):
+    """A read-only file over a buffer, so that botocore sends it without copying it whole."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = min(max(0, base + offset), len(self._view))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), len(self._view) - self._pos)
+        b[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view),
+                                                                   self._pos + size)
+        data = self._view[self._pos:end].tobytes()
+        self._pos = end
+        return data
+
+
+class Part:
+    """One part buffer: an anonymous mapping, paid for from the budget."""
+
+    def __init__(self, number: int, size: int, taken: int) -> None:
+        self.number = number
+        self.mem = mmap.mmap(-1, size)
+        self.fill = 0
+        self.taken = taken
+
+    @property
+    def full(self) -> bool:
+        return self.fill == len(self.mem)
+
+    def view(self) -> memoryview:
+        return memoryview(self.mem)[: self.fill]
+
+    def free(self, budget: WriteBudget) -> None:
+        try:
+            self.mem.close()
+        except BufferError:  # a view is still referenced: the mapping goes with it
+            log.debug("part %d buffer still referenced at free", self.number)
+        budget.release(self.taken)
+
+
+def _md5(view: memoryview) -> bytes:
+    return hashlib.md5(view).digest()
+
+
+class Upload:
+    """One file being written: its parts, their MD5s and ETags, and its outcome."""
+
+    def __init__(self, mgr: Uploads, key: str, node: Node) -> None:
+        self.mgr, self.store, self.key, self.node = mgr, mgr.store, key, node
+        self.bytes_written = 0
+        self.bytes_uploaded = 0  # in parts whose ETag matched
+        self.started = time.monotonic()
+        self.part: Part | None = None
+        self.parts_started = 0
+        self.digests: dict[int, bytes] = {}
+        self.etags: dict[int, str] = {}
+        self.upload_id: str | None = None
+        self.error: FsError | None = None
+        self.result: ObjectInfo | None = None
+        self.state = "open"  # open -> completing -> done | failed
+        self.lock = trio.Lock()
+        self.inflight = 0
+        self.settled = trio.lowlevel.ParkingLot()  # woken when a part task ends
+        self.done = trio.Event()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def write(self, off: int, data: bytes) -> int:
+        async with self.lock:
+            if self.error is not None and self.state == "open":
+                await self._fail(self.error)  # a part failed in the background
+            self._check_open()
+            if off != self.bytes_written:
+                err = FsError(
+                    f"{self.key}: write at offset {off} but {self.bytes_written} bytes were "
+                    "written so far; only sequential writes are supported, upload aborted",
+                    errno.EINVAL)
+                await self._fail(err)
+                raise err
+            try:
+                self._copy_in(memoryview(data))
+                return len(data)
+            except _NeedRoom:
+                pass
+            view = memoryview(data)
+            try:
+                while view:
+                    part = await self._room()
+                    view = view[self._fill(part, view):]
+            except FsError as exc:
+                await self._fail(exc)
+                raise
+            return len(data)
+
+    def _copy_in(self, view: memoryview) -> None:
+        """Fast path: the whole write fits in the current buffer."""
+        part = self.part
+        if part is None or len(part.mem) - part.fill < len(view) or not view:
+            raise _NeedRoom
+        self._fill(part, view)
+
+    def _fill(self, part: Part, view: memoryview) -> int:
+        n = min(len(view), len(part.mem) - part.fill)
+        part.mem[part.fill:part.fill + n] = view[:n]
+        part.fill += n
+        self.bytes_written += n
+        return n
+
+    def _check_open(self) -> None:
+        if self.error is not None:
+            raise FsError(f"{self.key}: the upload failed ({self.error}); nothing more can "
+                          "be written", self.error.errno_)
+        if self.state != "open":
+            raise FsError(f"{self.key}: the upload was already completed (close, flush or "
+                          "fsync); reopen the file with O_TRUNC to write it again", errno.EBADF)
+
+    async def _room(self) -> Part:
+        """The current part buffer with room in it; ships a full one first."""
+        part = self.part
+        if part is not None and not part.full:
+            return part
+        if part is not None:
+            await self._ship(part)
+        number = self.parts_started + 1
+        size = self.mgr.schedule.size_of(number)
+        if size > self.mgr.budget.capacity and number > 1 and self.mgr.schedule.size_of(
+                number - 1) <= self.mgr.budget.capacity:
+            log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
+                        "holds one part at a time", self.key, number, size >> 20)
+        taken = await self.mgr.budget.acquire(size)
+        self.part = Part(number, size, taken)
+        self.parts_started = number
+        return self.part
+
+    async def _ship(self, part: Part) -> None:
+        """Start uploading a full part in the background."""
+        if self.upload_id is None:
+            self.upload_id = await self.store.create_upload(self.key)
+            log.debug("%s: multipart upload %s started", self.key, self.upload_id)
+        self.part = None
+        self.inflight += 1
+        self.mgr.nursery.start_soon(self._send_part, part)
+
+    async def _send_part(self, part: Part) -> None:
+        """Background task: never raises; a failure is kept for the writer to see."""
+        try:
+            async with self.mgr.part_slots:
+                with part.view() as view:
+                    digest = await trio.to_thread.run_sync(_md5, view,
+                                                           limiter=self.mgr.hashers)
+                    self.digests[part.number] = digest
+                    etag = await self._send_verified(part, view, digest)
+                self.etags[part.number] = etag
+                self.bytes_uploaded += part.fill
+        except FsError as exc:
+            self.error = self.error or exc
+        except Exception as exc:
+            log.exception("%s: part %d failed unexpectedly", self.key, part.number)
+            self.error = self.error or FsError(f"{self.key}: part {part.number}: {exc}")
+        finally:
+            part.free(self.mgr.budget)
+            self.inflight -= 1
+            self.settled.unpark_all()
+
+    async def _send_verified(self, part: Part, view: memoryview, digest: bytes) -> str:
+        assert self.upload_id is not None
+        want = digest.hex()
+        for attempt in range(1, PART_VERIFY_ATTEMPTS + 1):
+            got = await self.store.upload_part(self.key, self.upload_id, part.number,
+                                               PartBody(view), digest)
+            if got == want:
+                return got
+            log.warning("%s: part %d came back with ETag %s, expected %s (attempt %d/%d); "
+                        "sending it again", self.key, part.number, got, want, attempt,
+                        PART_VERIFY_ATTEMPTS)
+        raise IntegrityError(f"{self.key}: part {part.number} never came back with the ETag "
+                             f"of what was sent (MD5 {want})")
+
+    # -- completion -------------------------------------------------------------------------
+
+    async def complete(self) -> ObjectInfo:
+        """Finish, verify and return the object; idempotent. Raises the upload's failure."""
+        async with self.lock:
+            if self.state == "open":
+                self.state = "completing"
+                self.mgr.nursery.start_soon(self._complete_task)
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    async def _complete_task(self) -> None:
+        try:
+            self.result = await self._finish()
+            self.state = "done"
+            log.info("%s: uploaded and verified, %d bytes, ETag %s", self.key,
+                     self.result.size, self.result.etag)
+        except FsError as exc:
+            await self._fail(exc)
+        except Exception as exc:
+            log.exception("%s: unexpected failure while completing", self.key)
+            await self._fail(FsError(f"{self.key}: {exc}", errno.EIO))
+        finally:
+            self.done.set()
+            self.mgr.forget(self)
+
+    async def _finish(self) -> ObjectInfo:
+        if self.upload_id is None:
+            expected = await self._put_single()
+        else:
+            if self.part is not None and self.part.fill:
+                await self._ship(self.part)
+            while self.inflight:
+                await self.settled.park()
+            if self.error is not None:
+                raise self.error
+            numbers = sorted(self.etags)
+            expected = multipart_etag([self.digests[n] for n in numbers])
+            await self.store.complete_upload(self.key, self.upload_id,
+                                             [(n, self.etags[n]) for n in numbers])
+            self.upload_id = None  # completed: nothing left to abort
+        return await self._verify(expected)
+
+    async def _put_single(self) -> str:
+        part = self.part
+        try:
+            with part.view() if part is not None else memoryview(b"") as view:
+                digest = await trio.to_thread.run_sync(_md5, view, limiter=self.mgr.hashers)
+                async with self.mgr.part_slots:
+                    got = await self.store.put(self.key, PartBody(view) if part else b"",
+                                               digest)
+        finally:
+            if part is not None:
+                self.part = None
+                part.free(self.mgr.budget)
+        expected = single_etag(digest)
+        self.bytes_uploaded = self.bytes_written
+        if got != expected:
+            await self._remove_bad_object(f"PUT returned ETag {got}, expected {expected}")
+        return expected
+
+    async def _verify(self, expected: str) -> ObjectInfo:
+        info = await self.store.head(self.key)
+        if info is None:
+            raise IntegrityError(f"{self.key}: the object is missing right after its upload")
+        if info.etag != expected or info.size != self.bytes_written:
+            await self._remove_bad_object(
+                f"stored ETag {info.etag} and size {info.size}, expected ETag {expected} and "
+                f"size {self.bytes_written}")
+        return info
+
+    async def _remove_bad_object(self, detail: str) -> None:
+        try:
+            await self.store.delete(self.key)
+        except StoreError as exc:
+            log.error("%s: could not delete the object that failed verification: %s",
+                      self.key, exc)
+        raise IntegrityError(f"{self.key}: verification failed, object removed: {detail}")
+
+    async def _fail(self, exc: FsError) -> None:
+        """Record the failure, abort the multipart upload, free the buffers."""
+        self.error = self.error or exc
+        self.state = "failed"
+        if self.part is not None:
+            self.part.free(self.mgr.budget)
+            self.part = None
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            try:
+                await self.store.abort_upload(self.key, upload_id)
+            except StoreError as err:
+                log.error("%s: could not abort multipart upload %s (%s); `s3mount uploads` "
+                          "can remove it later", self.key, upload_id, err)
+        if not self.done.is_set():
+            self.done.set()
+            self.mgr.forget(self)
+
+    async def abort(self, reason: str) -> None:
+        if self.state in ("done", "failed"):
+            return
+        log.error("%s: upload aborted: %s", self.key, reason)
+        await self._fail(FsError(f"{self.key}: {reason}", errno.EIO))
+
+
+class Uploads:
+    """All uploads of a mount, the shared write budget and the limits on concurrency."""
+
+    def __init__(self, config: Config, store: Store, nursery: trio.Nursery) -> None:
+        self.store = store
+        self.nursery = nursery
+        self.schedule = PartSchedule(config.part_size, config.part_growth_every)
+        self.budget = WriteBudget(config.max_memory)
+        self.part_slots = trio.Semaphore(config.upload_concurrency)
+        self.hashers = trio.CapacityLimiter(2)
+        self.active: dict[int, Upload] = {}
+
+    def start(self, key: str, node: Node) -> Upload:
+        up = Upload(self, key, node)
+        self.active[id(up)] = up
+        return up
+
+    def forget(self, up: Upload) -> None:
+        self.active.pop(id(up), None)
+
+    def nodes_in(self, dir_path: str) -> list[Node]:
+        """Nodes of files being written directly inside `dir_path`."""
+        return [u.node for u in self.active.values()
+                if u.node.path.rpartition("/")[0] == dir_path and not u.node.detached]
+
+    def __iter__(self) -> Iterator[Upload]:
+        return iter(list(self.active.values()))
+
+    async def shutdown(self) -> None:
+        """Completing uploads finish; uploads still open (never closed) are aborted."""
+        for up in self:
+            if up.state == "open":
+                await up.abort("the file was still open when the mount stopped")
+        for up in self:
+            await up.done.wait()

@@ -376,7 +376,11 @@ class S3Fs(pyfuse3.Operations):
     @_fuse_errors
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         h = self.handles.get(fh)
-        if isinstance(h, WriteHandle) and h.upload.bytes_written > 0:
+        if not isinstance(h, WriteHandle):
+            return
+        if h.upload.state == "failed":  # reported (and logged) when it happened
+            raise pyfuse3.FUSEError(h.upload.error.errno_ if h.upload.error else errno.EIO)
+        if h.upload.bytes_written > 0:
             await self._finish(h)
 
     @_fuse_errors

@@ -228,17 +228,19 @@ class Upload:
             log.debug("%s: multipart upload %s started", self.key, self.upload_id)
         self.part = None
         self.inflight += 1
-        self.mgr.nursery.start_soon(self._send_part, part)
+        self.mgr.nursery.start_soon(self._send_part, part, self.upload_id)
 
-    async def _send_part(self, part: Part) -> None:
+    async def _send_part(self, part: Part, upload_id: str) -> None:
         """Background task: never raises; a failure is kept for the writer to see."""
         try:
             async with self.mgr.part_slots:
+                if self.state == "failed":
+                    return
                 with part.view() as view:
                     digest = await trio.to_thread.run_sync(_md5, view,
                                                            limiter=self.mgr.hashers)
                     self.digests[part.number] = digest
-                    etag = await self._send_verified(part, view, digest)
+                    etag = await self._send_verified(part, upload_id, view, digest)
                 self.etags[part.number] = etag
                 self.bytes_uploaded += part.fill
         except FsError as exc:
@@ -251,11 +253,11 @@ class Upload:
             self.inflight -= 1
             self.settled.unpark_all()
 
-    async def _send_verified(self, part: Part, view: memoryview, digest: bytes) -> str:
-        assert self.upload_id is not None
+    async def _send_verified(self, part: Part, upload_id: str, view: memoryview,
+                             digest: bytes) -> str:
         want = digest.hex()
         for attempt in range(1, PART_VERIFY_ATTEMPTS + 1):
-            got = await self.store.upload_part(self.key, self.upload_id, part.number,
+            got = await self.store.upload_part(self.key, upload_id, part.number,
                                                PartBody(view), digest)
             if got == want:
                 return got
@@ -354,6 +356,8 @@ class Upload:
         if self.part is not None:
             self.part.free(self.mgr.budget)
             self.part = None
+        while self.inflight:  # parts not yet sent are skipped; a part sent after the abort
+            await self.settled.park()  # would keep storage alive
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
             try:

@@ -1,0 +1,55 @@
+"""A Store wrapper that injects faults in front of the real store (unit level only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from s3mount.errors import StoreError, TransientError
+from s3mount.store import ObjectInfo, Store
+
+
+class FaultyStore:
+    """Delegates to `inner`; each counter makes that many calls misbehave."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.corrupt_part_etags = 0  # upload_part returns a wrong ETag
+        self.fail_parts = 0  # upload_part raises
+        self.fail_puts = 0
+        self.wrong_head_etag = False  # head reports another ETag
+        self.part_delay = 0.0
+        self.head_error: BaseException | None = None
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Any,
+                          md5: bytes) -> str:
+        self.calls.append(f"part {number}")
+        if self.part_delay:
+            await trio.sleep(self.part_delay)
+        if self.fail_parts > 0:
+            self.fail_parts -= 1
+            raise TransientError(f"PART {number} of {key}: injected 503 (gave up)")
+        etag = await self.inner.upload_part(key, upload_id, number, body, md5)
+        if self.corrupt_part_etags > 0:
+            self.corrupt_part_etags -= 1
+            return "0" * 32
+        return etag
+
+    async def put(self, key: str, body: Any, md5: bytes) -> str:
+        if self.fail_puts > 0:
+            self.fail_puts -= 1
+            raise StoreError(f"PUT {key}: injected failure")
+        return await self.inner.put(key, body, md5)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        if self.head_error is not None:
+            raise self.head_error
+        info = await self.inner.head(key)
+        if info is not None and self.wrong_head_etag:
+            return ObjectInfo(info.key, info.size, info.mtime, "f" * 32 + "-2")
+        return info

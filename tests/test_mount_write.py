@@ -1,0 +1,283 @@
+"""Streaming writes through a real mount (level 3), verified by reading the bucket with boto3."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3mount.config import MiB
+from s3mount.etag import stream_etag
+from s3mount.schedule import PartSchedule
+from tests.conftest import Mount, get, keys, kill_mount, open_uploads
+
+P = 5 * MiB  # the mounts here use --part-size 5M
+SCHEDULE = PartSchedule(P)
+
+
+def etag_of(path: Path | bytes, schedule: PartSchedule = SCHEDULE) -> str:
+    if isinstance(path, bytes):
+        return stream_etag(io.BytesIO(path), schedule)
+    with open(path, "rb") as f:
+        return stream_etag(f, schedule)
+
+
+def wait_for_key(s3: Any, bucket: str, key: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while key not in keys(s3, bucket):
+        assert time.monotonic() < deadline, f"{key} never appeared"
+        time.sleep(0.05)
+
+
+def head_etag(s3: Any, bucket: str, key: str) -> str:
+    return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')  # type: ignore[no-any-return]
+
+
+def s3_md5(s3: Any, bucket: str, key: str) -> str:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    h = hashlib.md5()
+    for chunk in iter(lambda: body.read(4 * MiB), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * MiB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def gib_source() -> Iterator[Path]:
+    """1 GiB of random bytes in memory-backed /dev/shm (the mount never touches local disk)."""
+    path = Path("/dev/shm") / f"s3mount-test-{os.getpid()}.bin"
+    with open(path, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(16 * MiB))
+    yield path
+    path.unlink()
+
+
+def dd(src: Path | str, dst: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["dd", f"if={src}", f"of={dst}", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("bs", ["1M", "4k", "1000003"])
+def test_dd_one_gib(mounted: Mount, s3: Any, bucket: str, gib_source: Path, bs: str) -> None:
+    r = dd(gib_source, mounted.path / "disk.img", f"bs={bs}")
+    assert r.returncode == 0, r.stderr
+    assert head_etag(s3, bucket, "disk.img") == etag_of(gib_source)
+    assert s3_md5(s3, bucket, "disk.img") == file_md5(gib_source)
+    assert (mounted.path / "disk.img").stat().st_size == 1024 * MiB
+    assert open_uploads(s3, bucket) == []
+
+
+@pytest.mark.parametrize("size", [0, 1, P - 1, P, P + 1, 2 * P])
+def test_sizes(mounted: Mount, s3: Any, bucket: str, size: int) -> None:
+    data = os.urandom(size)
+    (mounted.path / "f.bin").write_bytes(data)
+    if size == 0:  # nothing written: flush leaves it to release, just after close returns
+        wait_for_key(s3, bucket, "f.bin")
+    assert get(s3, bucket, "f.bin") == data
+    assert head_etag(s3, bucket, "f.bin") == etag_of(data)
+    assert (mounted.path / "f.bin").read_bytes() == data
+
+
+def test_part_size_grows(mount_factory: Callable[..., Mount], s3: Any, bucket: str) -> None:
+    m = mount_factory(bucket, "--part-growth-every", "2", "--max-memory", "40M")
+    data = os.urandom(31 * MiB)  # parts of 5, 5, 10, 10 and 1 MiB
+    (m.path / "g.bin").write_bytes(data)
+    assert head_etag(s3, bucket, "g.bin") == etag_of(data, PartSchedule(P, 2))
+    assert head_etag(s3, bucket, "g.bin").endswith("-5")
+    assert get(s3, bucket, "g.bin") == data
+
+
+def test_shell_tools(mounted: Mount, s3: Any, bucket: str, tmp_path: Path) -> None:
+    mnt = mounted.path
+    sh = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=mnt, capture_output=True,  # noqa: E731
+                                    text=True, timeout=120)
+    assert sh("echo x > echo.txt").returncode == 0
+    assert get(s3, bucket, "echo.txt") == b"x\n"
+    assert sh("seq 1 100000 | tee tee.txt > /dev/null").returncode == 0
+    assert get(s3, bucket, "tee.txt") == "".join(f"{i}\n" for i in range(1, 100001)).encode()
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(7 * MiB + 3))
+    assert sh(f"cp {src} cp.bin").returncode == 0
+    assert get(s3, bucket, "cp.bin") == src.read_bytes()
+    assert sh("echo again > echo.txt").returncode == 0  # > on an existing file replaces it
+    assert get(s3, bucket, "echo.txt") == b"again\n"
+
+
+def test_tar_extract(mounted: Mount, s3: Any, bucket: str, tmp_path: Path) -> None:
+    tree = {"top.txt": b"top\n", "d/one.bin": os.urandom(12 * MiB + 5), "d/e/two.txt": b"2",
+            "d/e/empty": b""}
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in tree.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_600_000_000, 0o640
+            tar.addfile(info, io.BytesIO(data))
+    r = subprocess.run(["tar", "-xf", str(archive), "-C", str(mounted.path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    wait_for_key(s3, bucket, "d/e/empty")
+    for name, data in tree.items():
+        assert get(s3, bucket, name) == data
+    assert (mounted.path / "d" / "one.bin").read_bytes() == tree["d/one.bin"]
+
+
+def test_out_of_order_write_fails_and_leaves_nothing(mounted: Mount, s3: Any,
+                                                     bucket: str) -> None:
+    mounted.allowed_errors.append("only sequential writes")
+    fd = os.open(mounted.path / "o.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.write(fd, b"a" * 100)
+    with pytest.raises(OSError) as exc:
+        os.pwrite(fd, b"b", 10)
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as exc:
+        os.close(fd)  # close() reports the failed upload too
+    assert exc.value.errno == errno.EINVAL
+    r = dd("/dev/zero", mounted.path / "seek.bin", "bs=1k", "count=1", "seek=5",
+           "conv=notrunc")
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    assert keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == []
+    assert mounted.log().count("write at offset 10 but 100 bytes were written") == 1
+
+
+def test_refusals(mounted: Mount, s3: Any, bucket: str) -> None:
+    mounted.allowed_errors += ["O_TRUNC", "one writer", "being written"]
+    f = mounted.path / "r.txt"
+    f.write_bytes(b"orig")
+    for flags in (os.O_WRONLY, os.O_WRONLY | os.O_APPEND, os.O_RDWR):
+        with pytest.raises(OSError) as exc:
+            os.open(f, flags)
+        assert exc.value.errno == errno.EPERM
+    fd = os.open(mounted.path / "busy.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, b"x" * 1000)
+        with pytest.raises(OSError) as exc:
+            os.open(mounted.path / "busy.bin", os.O_WRONLY | os.O_TRUNC)
+        assert exc.value.errno == errno.EPERM
+        with pytest.raises(OSError) as exc:
+            os.open(mounted.path / "busy.bin", os.O_RDONLY)
+        assert exc.value.errno == errno.EPERM
+    finally:
+        os.close(fd)
+    assert get(s3, bucket, "r.txt") == b"orig"
+    assert get(s3, bucket, "busy.bin") == b"x" * 1000
+    log = mounted.log()
+    assert "open it with O_TRUNC" in log and "one writer per object" in log
+
+
+def test_file_being_written_shows_its_size(mounted: Mount, s3: Any, bucket: str) -> None:
+    path = mounted.path / "growing.bin"
+    with open(path, "wb", buffering=0) as f:
+        f.write(os.urandom(3 * MiB))
+        assert path.stat().st_size == 3 * MiB
+        assert "growing.bin" in os.listdir(mounted.path)
+        assert keys(s3, bucket) == []  # not in the bucket until it completes
+        f.write(os.urandom(4 * MiB))
+        time.sleep(1.1)  # past the attribute TTL
+        assert path.stat().st_size == 7 * MiB
+    assert s3.head_object(Bucket=bucket, Key="growing.bin")["ContentLength"] == 7 * MiB
+
+
+def test_fsync_completes_and_later_writes_fail(mounted: Mount, s3: Any, bucket: str) -> None:
+    mounted.allowed_errors.append("already completed")
+    fd = os.open(mounted.path / "s.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, b"synced")
+        os.fsync(fd)
+        assert get(s3, bucket, "s.bin") == b"synced"
+        with pytest.raises(OSError) as exc:
+            os.write(fd, b"more")
+        assert exc.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+    assert get(s3, bucket, "s.bin") == b"synced"
+
+
+def test_kill_9_leaves_no_object(mount_factory: Callable[..., Mount], s3: Any,
+                                 bucket: str) -> None:
+    m = mount_factory(bucket)
+    proc = subprocess.Popen(["dd", "if=/dev/urandom", f"of={m.path / 'k.bin'}", "bs=1M",
+                             "count=100000"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not open_uploads(s3, bucket):  # wait until a multipart upload is under way
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        kill_mount(m)
+        assert proc.wait(60) != 0  # the writer is told
+    finally:
+        proc.kill()
+    assert keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == ["k.bin"]  # findable, for `s3mount uploads`
+
+
+def test_sigterm_finishes_closed_and_aborts_open(mount_factory: Callable[..., Mount],
+                                                 s3: Any, bucket: str) -> None:
+    m = mount_factory(bucket)
+    m.allowed_errors.append("still open when the mount stopped")
+    (m.path / "closed.bin").write_bytes(b"c" * (P + 1))
+    fd = os.open(m.path / "open.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.write(fd, os.urandom(P + 100))
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.proc.wait(60) == 0
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    assert keys(s3, bucket) == ["closed.bin"]
+    assert open_uploads(s3, bucket) == []
+    assert "still open when the mount stopped" in m.log()
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_sixteen_concurrent_writers(mount_factory: Callable[..., Mount], s3: Any,
+                                    bucket: str, tmp_path: Path) -> None:
+    m = mount_factory(bucket, "--max-memory", "20M")
+    sources = []
+    for i in range(16):
+        src = tmp_path / f"src{i}.bin"
+        src.write_bytes(os.urandom(4 * P + i * 4097))
+        sources.append(src)
+    errors: list[str] = []
+
+    def write(i: int) -> None:
+        r = dd(sources[i], m.path / f"c{i}.bin", "bs=1M")
+        if r.returncode:
+            errors.append(r.stderr)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    for i, src in enumerate(sources):
+        assert head_etag(s3, bucket, f"c{i}.bin") == etag_of(src)
+        assert get(s3, bucket, f"c{i}.bin") == src.read_bytes()
+    # 16 files x 21 MiB passed through; buffers are bounded by --max-memory (20 MiB)
+    assert vm_hwm_kib(m.proc.pid) < 200 * 1024

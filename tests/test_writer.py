@@ -1,0 +1,197 @@
+"""The streaming uploader against the real server, with faults injected by a wrapped store."""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import trio
+
+from s3mount.config import Config, MiB
+from s3mount.errors import FsError, IntegrityError
+from s3mount.etag import stream_etag
+from s3mount.inodes import Node
+from s3mount.schedule import PartSchedule
+from s3mount.store import S3Store
+from s3mount.writer import Upload, Uploads
+from tests.conftest import get, keys, open_uploads
+from tests.faults import FaultyStore
+
+P = 5 * MiB
+
+
+def uploads(config: Config, nursery: trio.Nursery, store: Any = None) -> Uploads:
+    return Uploads(config, store or S3Store(config), nursery)
+
+
+async def write_all(up: Upload, data: bytes, chunk: int = 1 * MiB) -> None:
+    for off in range(0, len(data), chunk):
+        assert await up.write(off, data[off:off + chunk]) == len(data[off:off + chunk])
+
+
+def expected_etag(data: bytes, config: Config) -> str:
+    return stream_etag(io.BytesIO(data), PartSchedule(config.part_size,
+                                                      config.part_growth_every))
+
+
+def head_etag(s3: Any, bucket: str, key: str) -> str:
+    return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("size", [0, 1, P - 1, P, P + 1, 2 * P, 2 * P + 1])
+@pytest.mark.parametrize("chunk", [1 * MiB, 1_000_003])
+async def test_sizes_round_trip_and_verify(config: Config, s3: Any, bucket: str,
+                                           nursery: trio.Nursery, size: int,
+                                           chunk: int) -> None:
+    data = os.urandom(size)
+    mgr = uploads(config, nursery)
+    up = mgr.start("f.bin", Node(2, "f.bin", "file"))
+    await write_all(up, data, chunk)
+    info = await up.complete()
+    assert get(s3, bucket, "f.bin") == data
+    etag = head_etag(s3, bucket, "f.bin")
+    assert etag == info.etag == expected_etag(data, config)
+    assert ("-" in etag) == (size > P)  # a stream that ends in its first part is one PUT
+    assert open_uploads(s3, bucket) == []
+    assert mgr.budget.used == 0
+
+
+async def test_schedule_stage_crossing(config: Config, s3: Any, bucket: str,
+                                       nursery: trio.Nursery) -> None:
+    config = replace(config, part_growth_every=2, max_memory=40 * MiB)
+    data = os.urandom(31 * MiB)  # parts 5, 5, 10, 10, 1 MiB
+    up = uploads(config, nursery).start("grow.bin", Node(2, "grow.bin", "file"))
+    await write_all(up, data)
+    await up.complete()
+    assert up.parts_started == 5
+    assert get(s3, bucket, "grow.bin") == data
+    assert up.result is not None
+    assert head_etag(s3, bucket, "grow.bin") == expected_etag(data, config) == up.result.etag
+    assert head_etag(s3, bucket, "grow.bin").endswith("-5")
+
+
+async def test_corrupt_part_etag_is_resent(config: Config, s3: Any, bucket: str,
+                                           nursery: trio.Nursery,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    store = FaultyStore(S3Store(config))
+    store.corrupt_part_etags = 1
+    data = os.urandom(2 * P + 7)
+    up = uploads(config, nursery, store).start("c.bin", Node(2, "c.bin", "file"))
+    await write_all(up, data)
+    with caplog.at_level(logging.WARNING):
+        await up.complete()
+    assert get(s3, bucket, "c.bin") == data
+    assert any("sending it again" in r.message for r in caplog.records)
+    sends = sorted(store.calls.count(f"part {n}") for n in (1, 2, 3))
+    assert sends == [1, 1, 2]  # three parts, one of them sent twice
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "fail"])
+async def test_persistent_part_fault_fails_close_and_leaves_nothing(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery, fault: str) -> None:
+    store = FaultyStore(S3Store(config))
+    if fault == "corrupt":
+        store.corrupt_part_etags = 1000
+    else:
+        store.fail_parts = 1000
+    up = uploads(config, nursery, store).start("bad.bin", Node(2, "bad.bin", "file"))
+    with pytest.raises(FsError) as exc:
+        await write_all(up, os.urandom(3 * P))
+        await up.complete()
+    assert exc.value.errno_ == errno.EIO
+    if fault == "corrupt":
+        with pytest.raises(IntegrityError):
+            await up.complete()
+    assert keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == []
+
+
+async def test_final_etag_mismatch_removes_object(config: Config, s3: Any, bucket: str,
+                                                  nursery: trio.Nursery) -> None:
+    store = FaultyStore(S3Store(config))
+    store.wrong_head_etag = True
+    up = uploads(config, nursery, store).start("v.bin", Node(2, "v.bin", "file"))
+    await write_all(up, os.urandom(P + 1))
+    with pytest.raises(IntegrityError, match="verification failed"):
+        await up.complete()
+    assert keys(s3, bucket) == []
+
+
+async def test_failed_single_put_leaves_nothing(config: Config, s3: Any, bucket: str,
+                                                nursery: trio.Nursery) -> None:
+    store = FaultyStore(S3Store(config))
+    store.fail_puts = 1
+    up = uploads(config, nursery, store).start("s.bin", Node(2, "s.bin", "file"))
+    await write_all(up, b"small")
+    with pytest.raises(FsError):
+        await up.complete()
+    assert keys(s3, bucket) == []
+
+
+async def test_out_of_order_write_aborts(config: Config, s3: Any, bucket: str,
+                                         nursery: trio.Nursery) -> None:
+    up = uploads(config, nursery).start("o.bin", Node(2, "o.bin", "file"))
+    await write_all(up, os.urandom(P + 10))  # a multipart upload is open now
+    assert open_uploads(s3, bucket) == ["o.bin"]
+    with pytest.raises(FsError) as exc:
+        await up.write(3, b"x")
+    assert exc.value.errno_ == errno.EINVAL
+    assert "only sequential writes" in str(exc.value)
+    with pytest.raises(FsError):
+        await up.write(P + 10, b"y")
+    with pytest.raises(FsError):
+        await up.complete()
+    assert open_uploads(s3, bucket) == []
+    assert keys(s3, bucket) == []
+
+
+async def test_write_after_complete_is_refused(config: Config, nursery: trio.Nursery,
+                                               bucket: str) -> None:
+    up = uploads(config, nursery).start("w.bin", Node(2, "w.bin", "file"))
+    await up.write(0, b"abc")
+    await up.complete()
+    with pytest.raises(FsError) as exc:
+        await up.write(3, b"d")
+    assert exc.value.errno_ == errno.EBADF
+    assert (await up.complete()).size == 3  # idempotent
+
+
+async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucket: str,
+                                                  nursery: trio.Nursery) -> None:
+    store = FaultyStore(S3Store(config))
+    store.part_delay = 0.05  # slow parts: writers must wait for budget (backpressure)
+    mgr = uploads(config, nursery, store)
+    payloads = {f"c{i}.bin": os.urandom(2 * P + i * 1000) for i in range(16)}
+
+    async def one(key: str, data: bytes) -> None:
+        up = mgr.start(key, Node(2, key, "file"))
+        await write_all(up, data)
+        await up.complete()
+
+    async with trio.open_nursery() as n:
+        for key, data in payloads.items():
+            n.start_soon(one, key, data)
+    assert mgr.budget.peak <= config.max_memory
+    assert mgr.budget.peak >= 3 * P  # it was actually used concurrently
+    for key, data in payloads.items():
+        assert head_etag(s3, bucket, key) == expected_etag(data, config)
+    assert sorted(keys(s3, bucket)) == sorted(payloads)
+
+
+async def test_shutdown_aborts_open_uploads(config: Config, s3: Any, bucket: str,
+                                            nursery: trio.Nursery) -> None:
+    mgr = uploads(config, nursery)
+    up = mgr.start("open.bin", Node(2, "open.bin", "file"))
+    await write_all(up, os.urandom(P + 1))
+    done = mgr.start("done.bin", Node(3, "done.bin", "file"))
+    await done.write(0, b"ok")
+    await done.complete()
+    await mgr.shutdown()
+    assert up.state == "failed"
+    assert keys(s3, bucket) == ["done.bin"]
+    assert open_uploads(s3, bucket) == []

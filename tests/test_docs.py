@@ -1,0 +1,24 @@
+"""The docs state what the code does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s3mount.schedule import PartSchedule, describe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_part_size_table_matches_the_schedule() -> None:
+    assert describe(PartSchedule()) in (ROOT / "README.md").read_text()
+
+
+def test_readme_defaults_match_the_cli() -> None:
+    from s3mount.cli import mount_parser
+
+    ns = mount_parser().parse_args(["b", "/m"])
+    readme = (ROOT / "README.md").read_text()
+    assert ns.part_size == 8 << 20 and "| `--part-size N` | `8M` |" in readme
+    assert ns.max_memory == 40 << 20 and "| `--max-memory N` | `40M` |" in readme
+    assert ns.upload_concurrency == 4 and "| `--upload-concurrency N` | `4` |" in readme
+    assert ns.metadata_ttl == 1.0 and "| `--metadata-ttl S` | `1` |" in readme

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,14 @@ def bench_s3mount(server: SeaweedServer, s3: Any, src: Path, runs: int,
         bucket = f"bench-s3mount-{run}"
         s3.create_bucket(Bucket=bucket)
         m = MountProc(server, bucket, work / f"mnt{run}", work / "s3mount.log")
-        out["write 1 GiB"].append(1024 / timed(lambda: dd(str(src), f"{m.mnt}/one.bin")))
-        four = f"{m.mnt}/four.bin"
+        one, four = f"{m.mnt}/one.bin", f"{m.mnt}/four.bin"
+        out["write 1 GiB"].append(1024 / timed(partial(dd, str(src), one)))
         cmd = f"cat {src} {src} {src} {src} | dd of={four} bs=1M iflag=fullblock status=none"
-        out["write 4 GiB"].append(4096 / timed(lambda: subprocess.run(
-            ["bash", "-o", "pipefail", "-c", cmd], check=True)))
+        out["write 4 GiB"].append(4096 / timed(partial(
+            subprocess.run, ["bash", "-o", "pipefail", "-c", cmd], check=True)))
         out["rss write 4 GiB"].append(m.stop())
         m = MountProc(server, bucket, work / f"mnt{run}", work / "s3mount.log")
-        out["read 1 GiB"].append(1024 / timed(lambda: dd(f"{m.mnt}/one.bin", "/dev/null")))
+        out["read 1 GiB"].append(1024 / timed(partial(dd, one, "/dev/null")))
         m.stop()
     return out
 

@@ -1,0 +1,111 @@
+# s3mount developer tasks. Every target installs what it needs: on a fresh Debian 12 machine,
+# `make test` is all it takes. Run `make help` for the list.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+RUFF_PATHS := s3mount tests bench
+MYPY_PATHS ?= s3mount tests/seaweed.py tests/test_seaweed.py bench/demo_seed.py
+
+DEMO := .demo
+DEMO_MNT := $(DEMO)/mnt
+DEMO_BUCKET := demo-bucket
+# Exports AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL.
+DEMO_ENV = eval "$$($(BIN)/python -m tests.seaweed env --state-dir $(DEMO))"
+
+export PYTHON_H_PRESENT := import os, sys, sysconfig; \
+  sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+
+.PHONY: help deps venv test lint demo demo-stop bench clean
+
+help:
+	@echo "make test       install what is missing (apt, .venv), then run pytest"
+	@echo "make lint       ruff check and mypy --strict"
+	@echo "make demo       start SeaweedFS, seed $(DEMO_BUCKET), mount it at $(DEMO_MNT)"
+	@echo "make demo-stop  unmount, stop the server, remove $(DEMO)"
+	@echo "make bench      run bench/run.py"
+	@echo "make deps       apt-get install $(APT_PACKAGES) if missing"
+	@echo "make venv       create $(VENV) with the package and its test, lint and bench extras"
+	@echo "make clean      demo-stop, then remove $(VENV) and caches"
+
+# Building pyfuse3 (sdist only) needs libfuse3-dev, pkg-config, a C compiler and Python's headers.
+deps:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg -s "$$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
+	    || missing="$$missing $$pkg"; \
+	done; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	$(PYTHON) -c "$$PYTHON_H_PRESENT" || missing="$$missing python3-dev"; \
+	if [ -z "$$missing" ]; then \
+	  echo "deps: all present"; \
+	else \
+	  echo "deps: installing$$missing"; \
+	  $(SUDO) apt-get update -q; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check \
+	  -e '.[test,lint,bench]'
+	touch $@
+
+venv: $(STAMP)
+
+test: deps venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: deps venv
+	$(BIN)/ruff check $(RUFF_PATHS)
+	$(BIN)/mypy $(MYPY_PATHS)
+
+bench: deps venv
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+demo: deps venv
+	@if [ -e $(DEMO) ]; then \
+	  echo "demo: a previous demo is there, stopping it first"; \
+	  $(MAKE) --no-print-directory demo-stop; \
+	fi
+	$(BIN)/python -m tests.seaweed start --state-dir $(DEMO)
+	$(DEMO_ENV); $(BIN)/python bench/demo_seed.py --bucket $(DEMO_BUCKET)
+	mkdir -p $(DEMO_MNT)
+	@$(DEMO_ENV); set -x; \
+	$(BIN)/s3mount $(DEMO_BUCKET) $(DEMO_MNT) --endpoint-url "$$AWS_ENDPOINT_URL" \
+	  || { echo "demo: mount failed; the server is still up: make demo-stop" >&2; exit 1; }
+	ls -l $(DEMO_MNT) $(DEMO_MNT)/docs $(DEMO_MNT)/data
+	cat $(DEMO_MNT)/hello.txt
+	dd if=/dev/urandom of=$(DEMO_MNT)/upload.bin bs=1M count=64
+	ls -l $(DEMO_MNT)/upload.bin
+	$(DEMO_ENV); $(BIN)/python bench/demo_seed.py --bucket $(DEMO_BUCKET) --list
+	@$(DEMO_ENV); \
+	echo; \
+	echo "Bucket $(DEMO_BUCKET) on $$AWS_ENDPOINT_URL is mounted at $(DEMO_MNT)."; \
+	echo "  Try:  ls -lR $(DEMO_MNT);  cp SOMEFILE $(DEMO_MNT)/;  cat $(DEMO_MNT)/docs/readme.md"; \
+	echo "  S3 keys for other tools:  eval \"\$$($(BIN)/python -m tests.seaweed env --state-dir $(DEMO))\""; \
+	echo "  Stop it all:  make demo-stop"
+
+# Unmount first (a busy mount is detached lazily) so that rm never walks into the bucket.
+demo-stop:
+	@fusermount3 -u $(DEMO_MNT) 2>/dev/null || fusermount3 -uz $(DEMO_MNT) 2>/dev/null || true
+	@if [ -f $(DEMO)/server.json ]; then \
+	  $(BIN)/python -m tests.seaweed stop --state-dir $(DEMO); \
+	fi
+	rm -rf --one-file-system $(DEMO)
+
+clean:
+	@if [ -e $(DEMO) ]; then $(MAKE) --no-print-directory demo-stop; fi
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

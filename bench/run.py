@@ -131,7 +131,7 @@ def report(ours: dict[str, list[float]], raw: dict[str, list[float]], runs: int)
     return "\n".join([
         "# Benchmarks", "",
         f"Measured {date} by `make bench` (median of {runs} runs). Machine: {machine()}.", "",
-        "s3mount with default options (8 MiB parts, --max-memory 40M, 4 parts in flight);",
+        "s3mount with default options (8 MiB parts, --max-memory 24M, --upload-concurrency 4);",
         "the raw client is boto3 `upload_fileobj`/`download_fileobj` with 8 MiB parts and",
         "concurrency 4. Writes are `dd bs=1M` from a random file in /dev/shm; the 4 GiB",
         "write is that file four times through a pipe. Reads are cold (fresh mount).", "",

@@ -102,8 +102,8 @@ def mount_parser() -> Parser:
                     "--part-growth-every parts")
     wr.add_argument("--part-growth-every", type=int, default=1000, metavar="PARTS",
                     help="parts per stage of the part-size schedule (default 1000)")
-    wr.add_argument("--max-memory", type=parse_size, default=40 * MiB,
-                    help="bytes of write buffers across all files (default 40M)")
+    wr.add_argument("--max-memory", type=parse_size, default=24 * MiB,
+                    help="bytes of write buffers across all files (default 24M)")
     wr.add_argument("--upload-concurrency", type=int, default=4,
                     help="parts uploaded at once (default 4)")
     rd = p.add_argument_group("reads")

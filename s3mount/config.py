@@ -47,7 +47,7 @@ class Config:
     # Writes
     part_size: int = 8 * MiB
     part_growth_every: int = 1000  # parts per stage; the part size doubles after each stage
-    max_memory: int = 40 * MiB  # bytes held in part buffers, across all open files
+    max_memory: int = 24 * MiB  # bytes held in part buffers, across all open files
     upload_concurrency: int = 4
 
     # Reads

@@ -19,6 +19,6 @@ def test_readme_defaults_match_the_cli() -> None:
     ns = mount_parser().parse_args(["b", "/m"])
     readme = (ROOT / "README.md").read_text()
     assert ns.part_size == 8 << 20 and "| `--part-size N` | `8M` |" in readme
-    assert ns.max_memory == 40 << 20 and "| `--max-memory N` | `40M` |" in readme
+    assert ns.max_memory == 24 << 20 and "| `--max-memory N` | `24M` |" in readme
     assert ns.upload_concurrency == 4 and "| `--upload-concurrency N` | `4` |" in readme
     assert ns.metadata_ttl == 1.0 and "| `--metadata-ttl S` | `1` |" in readme

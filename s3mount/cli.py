@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SUBCOMMANDS = ("etag",)
 READY_TIMEOUT = 60.0  # seconds the parent waits for the detached child to report
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,254}$")
 
 
 class Parser(argparse.ArgumentParser):

@@ -119,6 +119,9 @@ class S3Fs(pyfuse3.Operations):
             raise _not_found(path)
         entry = await self.ns.stat(path)
         if entry is None:
+            pinned = self.inodes.by_path.get(path)
+            if pinned is not None and pinned.pinned:
+                return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
             self.inodes.set_missing(path)
             raise _not_found(path)
         return self.inodes.upsert(path, entry)
@@ -286,6 +289,7 @@ class S3Fs(pyfuse3.Operations):
         await self.store.delete(self.keys.marker_key(path))
         self.inodes.detach(node)
         self.inodes.set_missing(path)
+        self._pin_parent(parent_inode)
 
     @_fuse_errors
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
@@ -301,6 +305,12 @@ class S3Fs(pyfuse3.Operations):
         await self.store.delete(self.keys.file_key(path))
         self.inodes.detach(node)
         self.inodes.set_missing(path)
+        self._pin_parent(parent_inode)
+
+    def _pin_parent(self, parent_inode: int) -> None:
+        """Removing an entry must not make an implicit parent directory vanish."""
+        parent = self.inodes.get(parent_inode)
+        parent.pinned = parent.ino != pyfuse3.ROOT_INODE
 
     # -- files ------------------------------------------------------------------------------
 

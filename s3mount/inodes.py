@@ -33,6 +33,7 @@ class Node:
     expires: float = 0.0
     writer: Any = None  # the active upload writing this file, if any
     detached: bool = field(default=False)  # no longer reachable by its path
+    pinned: bool = False  # a directory we emptied ourselves: it exists until rmdir or forget
 
     def apply(self, entry: Entry, expires: float) -> None:
         self.size, self.mtime, self.etag = entry.size, entry.mtime, entry.etag

@@ -435,9 +435,6 @@ def test_rmdir_of_implicit_directory_with_content(mounted: Mount, s3: Any, bucke
     assert keys(s3, bucket) == ["i/j/k.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="rmdir re-resolves the path in S3 once the attribute "
-                   "TTL has passed; an implicit directory whose last key was just unlinked no "
-                   "longer exists there, so rmdir (and `rm -r` of any larger tree) gets ENOENT")
 def test_rmdir_after_emptying_an_implicit_directory(mounted: Mount, s3: Any,
                                                     bucket: str) -> None:
     put(s3, bucket, "i/j.txt", b"j")

@@ -211,3 +211,25 @@ def test_invalid_key_components_are_hidden() -> None:
         assert km.child_name("", hidden) is None
     assert km.child_name("", "p/" + "\u00e9" * 127) is not None  # 254 bytes of UTF-8
     assert km.child_name("", "p/" + "\u00e9" * 128) is None  # 256 bytes
+
+
+async def test_unlink_while_writing_is_busy(config: Config, s3: Any, bucket: str,
+                                            nursery: trio.Nursery) -> None:
+    fs = make_fs(config, nursery)
+    info, _ = await fs.create(ROOT, b"w.bin", 0o644, os.O_WRONLY | os.O_TRUNC, CTX)
+    await fs.write(info.fh, 0, b"data")
+    assert await errno_of(fs.unlink(ROOT, b"w.bin", CTX)) == errno.EBUSY
+    await fs.release(info.fh)
+    assert get(s3, bucket, "w.bin") == b"data"
+
+
+async def test_key_longer_than_s3_allows(config: Config, s3: Any, bucket: str,
+                                         nursery: trio.Nursery) -> None:
+    fs = make_fs(config, nursery)
+    ino = ROOT
+    for c in "abcd":  # four directories of 250 bytes: keys of 1004 bytes still fit
+        ino = (await fs.mkdir(ino, (c * 250).encode(), 0o755, CTX)).st_ino
+    name = b"f" * 250
+    assert await errno_of(fs.create(ino, name, 0o644, os.O_WRONLY, CTX)) == errno.ENAMETOOLONG
+    assert await errno_of(fs.mkdir(ino, name, 0o755, CTX)) == errno.ENAMETOOLONG
+    assert len(keys(s3, bucket)) == 4

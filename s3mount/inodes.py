@@ -131,9 +131,3 @@ class InodeTable:
 
     def forget_missing(self, path: str) -> None:
         self.negative.pop(path, None)
-
-    def invalidate_below(self, path: str) -> None:
-        """Attributes of `path` and its ancestors are stale (something was created under it)."""
-        node = self.by_path.get(path)
-        if node is not None and node.ino != ROOT_INODE:
-            node.expires = 0.0

@@ -92,12 +92,11 @@ class Namespace:
     def _page_items(self, path: str, prefix: str,
                     page: ListPage) -> Iterator[tuple[str, str, Entry]]:
         """(key relative to the directory, entry name, entry) in key order, valid names only."""
-        items: list[tuple[str, Entry | None, ObjectInfo | None]] = [
-            (p, None, None) for p in page.prefixes]
-        items += [(o.key, None, o) for o in page.objects]
+        items: list[tuple[str, ObjectInfo | None]] = [(p, None) for p in page.prefixes]
+        items += [(o.key, o) for o in page.objects]
         items.sort(key=lambda t: t[0])
         suffix = self.keys.dir_suffix
-        for key, _, obj in items:
+        for key, obj in items:
             rel = key[len(prefix):]
             if obj is None:
                 entry = self.dir_entry()

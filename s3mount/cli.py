@@ -106,6 +106,10 @@ def mount_parser() -> Parser:
                     help="bytes of write buffers across all files (default 24M)")
     wr.add_argument("--upload-concurrency", type=int, default=4,
                     help="parts uploaded at once (default 4)")
+    wr.add_argument("--checksum", choices=("auto", "crc32c", "sha256"), default="auto",
+                    help="additional checksum sent with every part and verified after the "
+                    "upload, besides Content-MD5 and the ETag; auto (the default) uses CRC32C "
+                    "only where ETags are not MD5s (SSE-KMS, SSE-C)")
     rd = p.add_argument_group("reads")
     rd.add_argument("--read-ahead", type=parse_size, default=32 * MiB,
                     help="largest read-ahead window per file (default 32M)")
@@ -133,6 +137,7 @@ def build_config(ns: argparse.Namespace) -> Config:
         dir_mode=ns.dir_mode, dir_suffix=ns.dir_suffix, metadata_ttl=ns.metadata_ttl,
         part_size=ns.part_size, part_growth_every=ns.part_growth_every,
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
+        checksum=ns.checksum,
         read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries)
 
 

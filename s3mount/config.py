@@ -49,6 +49,8 @@ class Config:
     part_growth_every: int = 1000  # parts per stage; the part size doubles after each stage
     max_memory: int = 24 * MiB  # bytes held in part buffers, across all open files
     upload_concurrency: int = 4
+    # Additional checksum (see checksum.py): "auto" = CRC32C only where ETags are no MD5s.
+    checksum: str = "auto"
 
     # Reads
     read_ahead_max: int = 32 * MiB  # per open file

@@ -24,6 +24,16 @@ from s3mount.schedule import PartSchedule
 MD5_SIZE = 16
 
 
+# Encryption modes under which S3's ETag is not an MD5 of the bytes (the value of the
+# x-amz-server-side-encryption response header; "SSE-C" stands for a customer key).
+NON_MD5_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse", "SSE-C"})
+
+
+def etag_is_md5(encryption: str | None) -> bool:
+    """Whether S3 gives objects stored with ``encryption`` an MD5-based ETag (SSE-S3 does)."""
+    return (encryption or "").lower() not in {e.lower() for e in NON_MD5_ENCRYPTION}
+
+
 def single_etag(digest: bytes) -> str:
     """ETag of an object written by one PutObject whose body has MD5 ``digest``."""
     _check_digest(digest)

@@ -23,6 +23,7 @@ import botocore.config
 import botocore.exceptions
 import trio
 
+from .checksum import ALGORITHMS, Algorithm
 from .config import Config
 from .errors import (
     AccessDenied,
@@ -60,6 +61,25 @@ class ObjectInfo:
     size: int
     mtime: float
     etag: str  # without quotes
+    checksum: str | None = None  # additional checksum, when asked for and stored
+    encryption: str | None = None  # x-amz-server-side-encryption, or "SSE-C"
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What S3 answered to a PutObject or UploadPart."""
+
+    etag: str
+    checksum: str | None = None  # the additional checksum S3 computed, if one was sent
+    encryption: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """What S3 answered to CreateMultipartUpload."""
+
+    upload_id: str
+    encryption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,18 +99,43 @@ class UploadInfo:
 class Store(Protocol):
     """What the filesystem needs from S3; tests wrap it to inject faults."""
 
-    async def head(self, key: str) -> ObjectInfo | None: ...
+    async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None: ...
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage: ...
     async def get_range(self, key: str, start: int, end: int, etag: str) -> bytes: ...
-    async def put(self, key: str, body: Body, md5: bytes) -> str: ...
-    async def create_upload(self, key: str) -> str: ...
+    async def put(self, key: str, body: Body, md5: bytes,
+                  checksum: Extra | None = None) -> Sent: ...
+    async def create_upload(self, key: str, algorithm: Algorithm | None = None) -> Started: ...
     async def upload_part(self, key: str, upload_id: str, number: int,
-                          body: Body, md5: bytes) -> str: ...
+                          body: Body, md5: bytes, checksum: Extra | None = None) -> Sent: ...
     async def complete_upload(self, key: str, upload_id: str,
-                              parts: Sequence[tuple[int, str]]) -> str: ...
+                              parts: Sequence[PartDone]) -> str: ...
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
     async def delete(self, key: str) -> None: ...
+
+
+# An additional checksum to send: the algorithm and the base64 value.
+Extra = tuple[Algorithm, str]
+# A part for CompleteMultipartUpload: number, ETag, and the additional checksum it was sent with.
+PartDone = tuple[int, str, Extra | None]
+
+
+def _extra_args(checksum: Extra | None) -> dict[str, str]:
+    return {} if checksum is None else {checksum[0].field: checksum[1]}
+
+
+def _encryption(r: dict[str, Any]) -> str | None:
+    if r.get("SSECustomerAlgorithm"):
+        return "SSE-C"
+    enc = r.get("ServerSideEncryption")
+    return str(enc) if enc else None
+
+
+def _returned_checksum(r: dict[str, Any], checksum: Extra | None) -> str | None:
+    if checksum is None:
+        return None
+    got = r.get(checksum[0].field)
+    return str(got) if got else None
 
 
 def strip_etag(etag: str) -> str:
@@ -200,15 +245,19 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise bucket_error(self.bucket, self.config.endpoint_url, exc) from None
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:
+        """The object's attributes, or None; `checksum` asks for its additional checksum."""
+        args = {"ChecksumMode": "ENABLED"} if checksum else {}
+
         def call() -> dict[str, Any]:
-            return self.client.head_object(Bucket=self.bucket, Key=key)  # type: ignore[no-any-return]
+            return self.client.head_object(Bucket=self.bucket, Key=key, **args)  # type: ignore[no-any-return]
         try:
             r = await self._read_call(f"HEAD {key}", call)
         except NoSuchKey:
             return None
+        stored = next((str(r[a.field]) for a in ALGORITHMS.values() if r.get(a.field)), None)
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
-                          strip_etag(r.get("ETag", "")))
+                          strip_etag(r.get("ETag", "")), stored, _encryption(r))
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:
@@ -239,26 +288,34 @@ class S3Store:
             return data
         return await self._read_call(f"GET {key} [{start}, {end})", call)  # type: ignore[no-any-return]
 
-    async def put(self, key: str, body: Body, md5: bytes) -> str:
+    async def put(self, key: str, body: Body, md5: bytes,
+                  checksum: Extra | None = None) -> Sent:
+        extra = _extra_args(checksum)
         r = await self._write_call(f"PUT {key}", lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5)))
-        return strip_etag(r.get("ETag", ""))
+            Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5), **extra))
+        return Sent(strip_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
+                    _encryption(r))
 
-    async def create_upload(self, key: str) -> str:
+    async def create_upload(self, key: str, algorithm: Algorithm | None = None) -> Started:
+        extra = ({} if algorithm is None else
+                 {"ChecksumAlgorithm": algorithm.s3_name, "ChecksumType": "COMPOSITE"})
         r = await self._write_call(f"CREATE-UPLOAD {key}", lambda: self.client
-                                   .create_multipart_upload(Bucket=self.bucket, Key=key))
-        return str(r["UploadId"])
+                                   .create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                            **extra))
+        return Started(str(r["UploadId"]), _encryption(r))
 
     async def upload_part(self, key: str, upload_id: str, number: int,
-                          body: Body, md5: bytes) -> str:
+                          body: Body, md5: bytes, checksum: Extra | None = None) -> Sent:
+        extra = _extra_args(checksum)
         r = await self._write_call(f"PART {number} of {key}", lambda: self.client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-            Body=_rewound(body), ContentMD5=_b64(md5)))
-        return strip_etag(r.get("ETag", ""))
+            Body=_rewound(body), ContentMD5=_b64(md5), **extra))
+        return Sent(strip_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
+                    _encryption(r))
 
     async def complete_upload(self, key: str, upload_id: str,
-                              parts: Sequence[tuple[int, str]]) -> str:
-        spec = {"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in parts]}
+                              parts: Sequence[PartDone]) -> str:
+        spec = {"Parts": [_part_spec(p) for p in parts]}
         r = await self._write_call(f"COMPLETE {key}", lambda: self.client
                                    .complete_multipart_upload(Bucket=self.bucket, Key=key,
                                                               UploadId=upload_id,
@@ -284,6 +341,11 @@ class S3Store:
             if not r.get("IsTruncated"):
                 return out
             args.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
+
+
+def _part_spec(part: PartDone) -> dict[str, Any]:
+    number, etag, checksum = part
+    return {"PartNumber": number, "ETag": f'"{etag}"', **_extra_args(checksum)}
 
 
 def make_client(config: Config) -> Any:

@@ -8,6 +8,10 @@ from a global `WriteBudget`; when it is spent, `write()` waits for an upload to 
 (backpressure). Completion checks the object's ETag (HEAD) against the locally built one; any
 failure aborts the upload, removes an object that failed verification, and is raised from
 `complete()` so that `close()` returns it.
+
+Where the bucket encrypts with SSE-KMS or SSE-C, ETags are not MD5s; the first answer that
+says so switches the mount to an additional checksum (`checksum.py`, CRC32C unless
+`--checksum` chose one), which then replaces the ETag checks for parts and for the object.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import checksum
+from .checksum import Algorithm
 from .config import Config
 from .errors import FsError, IntegrityError, StoreError
-from .etag import multipart_etag, single_etag
+from .etag import etag_is_md5, multipart_etag, single_etag
 from .schedule import PartSchedule
-from .store import ObjectInfo, Store
+from .store import Extra, ObjectInfo, Sent, Store
 
 if TYPE_CHECKING:
     from .inodes import Node
@@ -127,8 +133,9 @@ class Part:
         budget.release(self.taken)
 
 
-def _md5(view: memoryview) -> bytes:
-    return hashlib.md5(view).digest()
+def _hashes(view: memoryview, algo: Algorithm | None) -> tuple[bytes, Extra | None]:
+    """MD5 of the bytes, and the additional checksum when one is used (in a worker thread)."""
+    return hashlib.md5(view).digest(), None if algo is None else (algo, algo.part(view))
 
 
 class Upload:
@@ -143,6 +150,9 @@ class Upload:
         self.parts_started = 0
         self.digests: dict[int, bytes] = {}
         self.etags: dict[int, str] = {}
+        self.checksums: dict[int, Extra] = {}
+        self.algo: Algorithm | None = None  # additional checksum of this upload, if any
+        self.md5_etags = True  # False once S3 says it encrypts so that ETags are no MD5s
         self.upload_id: str | None = None
         self.error: FsError | None = None
         self.result: ObjectInfo | None = None
@@ -223,12 +233,23 @@ class Upload:
 
     async def _ship(self, part: Part) -> None:
         """Start uploading a full part in the background."""
-        if self.upload_id is None:
-            self.upload_id = await self.store.create_upload(self.key)
-            log.debug("%s: multipart upload %s started", self.key, self.upload_id)
+        upload_id = self.upload_id or await self._create()
         self.part = None
         self.inflight += 1
-        self.mgr.nursery.start_soon(self._send_part, part, self.upload_id)
+        self.mgr.nursery.start_soon(self._send_part, part, upload_id)
+
+    async def _create(self) -> str:
+        algo = self.mgr.algorithm()
+        started = await self.store.create_upload(self.key, algo)
+        self.md5_etags = self.mgr.learn(started.encryption)
+        if not self.md5_etags and algo is None:
+            # No ETag can verify it and no checksum was declared: start again with one.
+            await self.store.abort_upload(self.key, started.upload_id)
+            algo = self.mgr.algorithm()
+            started = await self.store.create_upload(self.key, algo)
+        self.algo, self.upload_id = algo, started.upload_id
+        log.debug("%s: multipart upload %s started", self.key, self.upload_id)
+        return started.upload_id
 
     async def _send_part(self, part: Part, upload_id: str) -> None:
         """Background task: never raises; a failure is kept for the writer to see."""
@@ -237,11 +258,13 @@ class Upload:
                 if self.state == "failed":
                     return
                 with part.view() as view:
-                    digest = await trio.to_thread.run_sync(_md5, view,
-                                                           limiter=self.mgr.hashers)
+                    digest, extra = await trio.to_thread.run_sync(
+                        _hashes, view, self.algo, limiter=self.mgr.hashers)
                     self.digests[part.number] = digest
-                    etag = await self._send_verified(part, upload_id, view, digest)
+                    etag = await self._send_verified(part, upload_id, view, digest, extra)
                 self.etags[part.number] = etag
+                if extra is not None:
+                    self.checksums[part.number] = extra
                 self.bytes_uploaded += part.fill
         except FsError as exc:
             self.error = self.error or exc
@@ -254,18 +277,34 @@ class Upload:
             self.settled.unpark_all()
 
     async def _send_verified(self, part: Part, upload_id: str, view: memoryview,
-                             digest: bytes) -> str:
-        want = digest.hex()
+                             digest: bytes, extra: Extra | None) -> str:
         for attempt in range(1, PART_VERIFY_ATTEMPTS + 1):
-            got = await self.store.upload_part(self.key, upload_id, part.number,
-                                               PartBody(view), digest)
-            if got == want:
-                return got
-            log.warning("%s: part %d came back with ETag %s, expected %s (attempt %d/%d); "
-                        "sending it again", self.key, part.number, got, want, attempt,
-                        PART_VERIFY_ATTEMPTS)
-        raise IntegrityError(f"{self.key}: part {part.number} never came back with the ETag "
-                             f"of what was sent (MD5 {want})")
+            sent = await self.store.upload_part(self.key, upload_id, part.number,
+                                                PartBody(view), digest, extra)
+            problem = self._check_sent(f"part {part.number}", sent, digest, extra)
+            if problem is None:
+                return sent.etag
+            log.warning("%s: part %d %s (attempt %d/%d); sending it again", self.key,
+                        part.number, problem, attempt, PART_VERIFY_ATTEMPTS)
+        raise IntegrityError(f"{self.key}: part {part.number} never came back with the "
+                             f"checksums of what was sent: {problem}")
+
+    def _check_sent(self, what: str, sent: Sent, digest: bytes,
+                    extra: Extra | None) -> str | None:
+        """What is wrong with S3's answer to a part or PUT, or None when it matches."""
+        if extra is not None:
+            algo, want = extra
+            if sent.checksum is None:
+                raise IntegrityError(
+                    f"{self.key}: the server did not return the {algo.s3_name} checksum sent "
+                    f"with {what}, so it cannot be verified: this server does not support "
+                    "additional checksums (mount with --checksum auto on a bucket without "
+                    "SSE-KMS)")
+            if sent.checksum != want:
+                return f"came back with {algo.s3_name} {sent.checksum}, expected {want}"
+        if self.md5_etags and sent.etag != digest.hex():
+            return f"came back with ETag {sent.etag}, expected {digest.hex()}"
+        return None
 
     # -- completion -------------------------------------------------------------------------
 
@@ -285,8 +324,9 @@ class Upload:
         try:
             self.result = await self._finish()
             self.state = "done"
-            log.info("%s: uploaded and verified, %d bytes, ETag %s", self.key,
-                     self.result.size, self.result.etag)
+            log.info("%s: uploaded and verified, %d bytes, ETag %s%s", self.key,
+                     self.result.size, self.result.etag,
+                     f", {self.algo.s3_name} {self.result.checksum}" if self.algo else "")
         except FsError as exc:
             await self._fail(exc)
         except Exception as exc:
@@ -298,47 +338,69 @@ class Upload:
 
     async def _finish(self) -> ObjectInfo:
         if self.upload_id is None:
-            expected = await self._put_single()
-        else:
-            if self.part is not None and self.part.fill:
-                await self._ship(self.part)
-            while self.inflight:
-                await self.settled.park()
-            if self.error is not None:
-                raise self.error
-            numbers = sorted(self.etags)
-            expected = multipart_etag([self.digests[n] for n in numbers])
-            await self.store.complete_upload(self.key, self.upload_id,
-                                             [(n, self.etags[n]) for n in numbers])
-            self.upload_id = None  # completed: nothing left to abort
-        return await self._verify(expected)
+            return await self._verify(*await self._put_single())
+        if self.part is not None and self.part.fill:
+            await self._ship(self.part)
+        while self.inflight:
+            await self.settled.park()
+        if self.error is not None:
+            raise self.error
+        numbers = sorted(self.etags)
+        expected = multipart_etag([self.digests[n] for n in numbers])
+        summed = None
+        if self.algo is not None:
+            summed = self.algo.composite([self.checksums[n][1] for n in numbers])
+        await self.store.complete_upload(
+            self.key, self.upload_id,
+            [(n, self.etags[n], self.checksums.get(n)) for n in numbers])
+        self.upload_id = None  # completed: nothing left to abort
+        return await self._verify(expected if self.md5_etags else None, summed)
 
-    async def _put_single(self) -> str:
+    async def _put_single(self) -> tuple[str | None, str | None]:
+        """One PutObject; returns the ETag and the additional checksum to expect (or None)."""
         part = self.part
+        self.algo = self.mgr.algorithm()
         try:
             with part.view() if part is not None else memoryview(b"") as view:
-                digest = await trio.to_thread.run_sync(_md5, view, limiter=self.mgr.hashers)
+                digest, extra = await trio.to_thread.run_sync(
+                    _hashes, view, self.algo, limiter=self.mgr.hashers)
                 async with self.mgr.part_slots:
-                    got = await self.store.put(self.key, PartBody(view) if part else b"",
-                                               digest)
+                    sent = await self.store.put(self.key, PartBody(view) if part else b"",
+                                                digest, extra)
+                    self.md5_etags = self.mgr.learn(sent.encryption)
+                    if not self.md5_etags and extra is None:
+                        # Its ETag proves nothing: send it again with a checksum that does.
+                        self.algo = self.mgr.algorithm()
+                        digest, extra = await trio.to_thread.run_sync(
+                            _hashes, view, self.algo, limiter=self.mgr.hashers)
+                        sent = await self.store.put(
+                            self.key, PartBody(view) if part else b"", digest, extra)
         finally:
             if part is not None:
                 self.part = None
                 part.free(self.mgr.budget)
-        expected = single_etag(digest)
         self.bytes_uploaded = self.bytes_written
-        if got != expected:
-            await self._remove_bad_object(f"PUT returned ETag {got}, expected {expected}")
-        return expected
+        if problem := self._check_sent("the PUT", sent, digest, extra):
+            await self._remove_bad_object(f"the PUT {problem}")
+        return (single_etag(digest) if self.md5_etags else None,
+                None if extra is None else extra[1])
 
-    async def _verify(self, expected: str) -> ObjectInfo:
-        info = await self.store.head(self.key)
+    async def _verify(self, etag: str | None, summed: str | None) -> ObjectInfo:
+        """Compare the stored object with what was sent: size, and the ETag and/or the
+        additional checksum (whichever this upload can use)."""
+        info = await self.store.head(self.key, checksum=summed is not None)
         if info is None:
             raise IntegrityError(f"{self.key}: the object is missing right after its upload")
-        if info.etag != expected or info.size != self.bytes_written:
-            await self._remove_bad_object(
-                f"stored ETag {info.etag} and size {info.size}, expected ETag {expected} and "
-                f"size {self.bytes_written}")
+        wrong = []
+        if info.size != self.bytes_written:
+            wrong.append(f"size {info.size}, expected {self.bytes_written}")
+        if etag is not None and info.etag != etag:
+            wrong.append(f"ETag {info.etag}, expected {etag}")
+        if summed is not None and info.checksum != summed:
+            assert self.algo is not None
+            wrong.append(f"{self.algo.s3_name} {info.checksum}, expected {summed}")
+        if wrong:
+            await self._remove_bad_object("stored " + "; ".join(wrong))
         return info
 
     async def _remove_bad_object(self, detail: str) -> None:
@@ -382,11 +444,34 @@ class Uploads:
     def __init__(self, config: Config, store: Store, nursery: trio.Nursery) -> None:
         self.store = store
         self.nursery = nursery
+        self.bucket = config.bucket
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
+        self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)
+        self.etags_are_md5 = True  # until S3 answers that it encrypts with SSE-KMS / SSE-C
         self.budget = WriteBudget(config.max_memory)
         self.part_slots = trio.Semaphore(config.upload_concurrency)
         self.hashers = trio.CapacityLimiter(2)
         self.active: dict[int, Upload] = {}
+
+    def algorithm(self) -> Algorithm | None:
+        """The additional checksum new uploads use: the chosen one, else CRC32C once the
+        bucket has shown that its ETags are no MD5s, else none."""
+        if self.chosen is not None or self.etags_are_md5:
+            return self.chosen
+        return checksum.get(checksum.DEFAULT_FOR_ENCRYPTED)
+
+    def learn(self, encryption: str | None) -> bool:
+        """Note the encryption S3 reported for an upload; True if its ETag is an MD5."""
+        if etag_is_md5(encryption):
+            return True
+        if self.etags_are_md5:
+            self.etags_are_md5 = False
+            algo = self.algorithm()
+            assert algo is not None
+            log.warning("bucket %s stores objects with %s encryption, so their ETags are not "
+                        "MD5s: uploads are verified with %s checksums instead", self.bucket,
+                        encryption, algo.s3_name)
+        return False
 
     def start(self, key: str, node: Node) -> Upload:
         up = Upload(self, key, node)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import trio
 
 from s3mount.errors import StoreError, TransientError
-from s3mount.store import ObjectInfo, Store
+from s3mount.store import Extra, ObjectInfo, Sent, Store
 
 
 class FaultyStore:
@@ -27,29 +28,29 @@ class FaultyStore:
         return getattr(self.inner, name)
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: Any,
-                          md5: bytes) -> str:
+                          md5: bytes, checksum: Extra | None = None) -> Sent:
         self.calls.append(f"part {number}")
         if self.part_delay:
             await trio.sleep(self.part_delay)
         if self.fail_parts > 0:
             self.fail_parts -= 1
             raise TransientError(f"PART {number} of {key}: injected 503 (gave up)")
-        etag = await self.inner.upload_part(key, upload_id, number, body, md5)
+        sent = await self.inner.upload_part(key, upload_id, number, body, md5, checksum)
         if self.corrupt_part_etags > 0:
             self.corrupt_part_etags -= 1
-            return "0" * 32
-        return etag
+            return dataclasses.replace(sent, etag="0" * 32)
+        return sent
 
-    async def put(self, key: str, body: Any, md5: bytes) -> str:
+    async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None) -> Sent:
         if self.fail_puts > 0:
             self.fail_puts -= 1
             raise StoreError(f"PUT {key}: injected failure")
-        return await self.inner.put(key, body, md5)
+        return await self.inner.put(key, body, md5, checksum)
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:
         if self.head_error is not None:
             raise self.head_error
-        info = await self.inner.head(key)
+        info = await self.inner.head(key, checksum)
         if info is not None and self.wrong_head_etag:
-            return ObjectInfo(info.key, info.size, info.mtime, "f" * 32 + "-2")
+            return dataclasses.replace(info, etag="f" * 32 + "-2")
         return info

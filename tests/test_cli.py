@@ -195,6 +195,7 @@ def test_mountpoint_already_mounted(mounted: Mount, s3: Any, bucket: str, mode: 
     (["--max-memory", "5M", "--part-size", "8M"], "--max-memory"),
     (["--upload-concurrency", "0"], "--upload-concurrency"),
     (["--dir-suffix", ""], "--dir-suffix"),
+    (["--checksum", "md5"], "--checksum: invalid choice"),
     (["--prefix", "p/"], "either in s3://BUCKET/PREFIX or with --prefix"),
 ])
 def test_invalid_option(s3server: SeaweedServer, bucket: str, mnt: Path, args: list[str],

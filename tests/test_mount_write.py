@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from s3mount import checksum
 from s3mount.config import MiB
 from s3mount.etag import stream_etag
 from s3mount.schedule import PartSchedule
@@ -106,6 +107,22 @@ def test_part_size_grows(mount_factory: Callable[..., Mount], s3: Any, bucket: s
     assert head_etag(s3, bucket, "g.bin") == etag_of(data, PartSchedule(P, 2))
     assert head_etag(s3, bucket, "g.bin").endswith("-5")
     assert get(s3, bucket, "g.bin") == data
+
+
+def test_checksum_option(mount_factory: Callable[..., Mount], s3: Any, bucket: str,
+                         tmp_path: Path) -> None:
+    """--checksum sha256: every part carries SHA256 and the object's composite matches."""
+    m = mount_factory(bucket, "--checksum", "sha256")
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(2 * P + 100))
+    assert dd(src, m.path / "c.bin", "bs=1M").returncode == 0
+    algo = checksum.get("sha256")
+    data = src.read_bytes()
+    want = algo.composite([algo.part(data[i:i + P]) for i in range(0, len(data), P)])
+    r = s3.head_object(Bucket=bucket, Key="c.bin", ChecksumMode="ENABLED")
+    assert r["ChecksumSHA256"] == want
+    assert r["ETag"].strip('"') == etag_of(data)
+    assert "SHA256 " + want in m.log()
 
 
 def test_shell_tools(mounted: Mount, s3: Any, bucket: str, tmp_path: Path) -> None:

@@ -364,7 +364,11 @@ def make_client(config: Config) -> Any:
         max_pool_connections=config.max_connections,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
+        # Bodies carry Content-MD5, a signed header the server checks the body against, so
+        # SHA256-signing the payload as well (botocore does on http endpoints) only hashes
+        # every byte a third time. botocore already skips it on https.
+        s3={"addressing_style": "path" if config.endpoint_url else "auto",
+            "payload_signing_enabled": False},
     )
     region = config.region or session.region_name or "us-east-1"
     return session.client("s3", endpoint_url=config.endpoint_url, region_name=region, config=bc)

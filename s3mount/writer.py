@@ -1,6 +1,6 @@
 """Streaming uploads: sequential writes become a verified multipart upload in bounded memory.
 
-Bytes go into the current part buffer (an anonymous mmap, so only bytes written are resident).
+Bytes go into the current part buffer (`buffers.py`: an anonymous mmap, reused when freed).
 A full buffer is shipped when the next byte arrives: hashed in a worker thread, uploaded with
 Content-MD5 in the background, its returned ETag compared with the MD5 (re-sent on mismatch).
 A stream that ends inside its first part becomes one PutObject instead. Buffers are paid for
@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import logging
-import mmap
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import checksum
+from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
 from .config import Config
 from .errors import FsError, IntegrityError, StoreError
@@ -44,93 +43,6 @@ PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with
 
 class _NeedRoom(Exception):
     pass
-
-
-class WriteBudget:
-    """Bytes of part buffers all uploads may hold together; `acquire` waits for room."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self.peak = 0
-        self._lot = trio.lowlevel.ParkingLot()
-
-    async def acquire(self, n: int) -> int:
-        """Take `n` bytes (at most the whole budget: one part may exceed it); returns what
-        was taken, to give back with `release`."""
-        n = min(n, self.capacity)
-        while self.used + n > self.capacity:
-            await self._lot.park()
-        self.used += n
-        self.peak = max(self.peak, self.used)
-        return n
-
-    def release(self, n: int) -> None:
-        self.used -= n
-        self._lot.unpark_all()
-
-
-class PartBody(io.RawIOBase):
-    """A read-only file over a buffer, so that botocore sends it without copying it whole."""
-
-    def __init__(self, view: memoryview) -> None:
-        super().__init__()
-        self._view = view
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = min(max(0, base + offset), len(self._view))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), len(self._view) - self._pos)
-        b[:n] = self._view[self._pos:self._pos + n]
-        self._pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view),
-                                                                   self._pos + size)
-        data = self._view[self._pos:end].tobytes()
-        self._pos = end
-        return data
-
-
-class Part:
-    """One part buffer: an anonymous mapping, paid for from the budget."""
-
-    def __init__(self, number: int, size: int, taken: int) -> None:
-        self.number = number
-        self.mem = mmap.mmap(-1, size)
-        self.fill = 0
-        self.taken = taken
-
-    @property
-    def full(self) -> bool:
-        return self.fill == len(self.mem)
-
-    def view(self) -> memoryview:
-        return memoryview(self.mem)[: self.fill]
-
-    def free(self, budget: WriteBudget) -> None:
-        try:
-            self.mem.close()
-        except BufferError:  # a view is still referenced: the mapping goes with it
-            log.debug("part %d buffer still referenced at free", self.number)
-        budget.release(self.taken)
 
 
 def _hashes(view: memoryview, algo: Algorithm | None) -> tuple[bytes, Extra | None]:
@@ -227,7 +139,7 @@ class Upload:
             log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
                         "holds one part at a time", self.key, number, size >> 20)
         taken = await self.mgr.budget.acquire(size)
-        self.part = Part(number, size, taken)
+        self.part = Part(number, size, taken, self.mgr.budget)
         self.parts_started = number
         return self.part
 
@@ -480,6 +392,8 @@ class Uploads:
 
     def forget(self, up: Upload) -> None:
         self.active.pop(id(up), None)
+        if not self.active:
+            self.budget.trim()
 
     def nodes_in(self, dir_path: str) -> list[Node]:
         """Nodes of files being written directly inside `dir_path`."""

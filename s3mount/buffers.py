@@ -1,0 +1,151 @@
+"""Part buffers and the global write budget that bounds them.
+
+A part buffer is an anonymous mapping, so only the bytes written are resident. Every buffer
+is paid for from the `WriteBudget` (`--max-memory`) before it exists; `acquire` waits when
+the budget is spent, which is the writers' backpressure. Freed buffers are kept for the next
+part (a fresh mapping costs a page fault per 4 KiB: 0.9 s of CPU per GiB written, measured,
+against 0.04 s for a reused one) as long as buffers in use plus kept stay within the budget;
+`trim` drops the kept ones when no upload is active.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import mmap
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def _unexported(mem: mmap.mmap) -> bool:
+    """True when no view of `mem` is alive, so it can be written again safely. (resize
+    refuses while views exist; to the same size it changes nothing.)"""
+    try:
+        mem.resize(len(mem))
+    except (BufferError, OSError, SystemError, ValueError):
+        return False
+    return True
+
+
+def _close(mem: mmap.mmap) -> None:
+    try:
+        mem.close()
+    except BufferError:  # a view is still referenced: the mapping goes with it
+        log.debug("a part buffer was still referenced when freed")
+
+
+class WriteBudget:
+    """Bytes of part buffers all uploads may hold together; `acquire` waits for room."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        self._kept: dict[int, list[mmap.mmap]] = {}  # freed buffers by size, for reuse
+        self.kept_bytes = 0
+
+    async def acquire(self, n: int) -> int:
+        """Take `n` bytes (at most the whole budget: one part may exceed it); returns what
+        was taken, to give back with `release`."""
+        n = min(n, self.capacity)
+        while self.used + n > self.capacity:
+            await self._lot.park()
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._lot.unpark_all()
+
+    def buffer(self, size: int) -> mmap.mmap:
+        """A buffer of `size` bytes, already paid for with `acquire`: a kept one if there is
+        one of that size, else a new mapping (after dropping kept ones that no longer fit)."""
+        if stack := self._kept.get(size):
+            self.kept_bytes -= size
+            return stack.pop()
+        while self.kept_bytes and self.used + self.kept_bytes > self.capacity:
+            self._drop_one()
+        return mmap.mmap(-1, size)
+
+    def recycle(self, mem: mmap.mmap) -> None:
+        """Take back a buffer whose bytes were released with `release`."""
+        if self.used + self.kept_bytes + len(mem) <= self.capacity and _unexported(mem):
+            self._kept.setdefault(len(mem), []).append(mem)
+            self.kept_bytes += len(mem)
+        else:
+            _close(mem)
+
+    def trim(self) -> None:
+        """Unmap every kept buffer (nothing is being written)."""
+        while self.kept_bytes:
+            self._drop_one()
+
+    def _drop_one(self) -> None:
+        size = next(s for s, stack in self._kept.items() if stack)
+        _close(self._kept[size].pop())
+        self.kept_bytes -= size
+
+
+class PartBody(io.RawIOBase):
+    """A read-only file over a buffer, so that botocore sends it without copying it whole."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = min(max(0, base + offset), len(self._view))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), len(self._view) - self._pos)
+        b[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view),
+                                                                   self._pos + size)
+        data = self._view[self._pos:end].tobytes()
+        self._pos = end
+        return data
+
+
+class Part:
+    """One part buffer, paid for from the budget."""
+
+    def __init__(self, number: int, size: int, taken: int, budget: WriteBudget) -> None:
+        self.number = number
+        self.mem = budget.buffer(size)
+        self.fill = 0
+        self.taken = taken
+
+    @property
+    def full(self) -> bool:
+        return self.fill == len(self.mem)
+
+    def view(self) -> memoryview:
+        return memoryview(self.mem)[: self.fill]
+
+    def free(self, budget: WriteBudget) -> None:
+        budget.release(self.taken)
+        budget.recycle(self.mem)

@@ -1,8 +1,12 @@
 """Part buffers and the global write budget that bounds them.
 
-A part buffer is an anonymous mapping, so only the bytes written are resident. Every buffer
-is paid for from the `WriteBudget` (`--max-memory`) before it exists; `acquire` waits when
-the budget is spent, which is the writers' backpressure. Freed buffers are kept for the next
+A part buffer is an anonymous mapping, so only the bytes written are resident. A whole part
+is paid for from the `WriteBudget` (`--max-memory`) before its first byte is written, so a
+writer that has started a part can always finish it: parts get full, get uploaded, and give
+their bytes back. `acquire` waits when the budget is spent, which is the writers'
+backpressure. If the budget is held by parts of files that are open but idle (nothing being
+uploaded, no byte written anywhere for a grace period), nothing would ever free room:
+`acquire` then fails with `ENOBUFS` rather than hang. Freed buffers are kept for the next
 part (a fresh mapping costs a page fault per 4 KiB: 0.9 s of CPU per GiB written, measured,
 against 0.04 s for a reused one) as long as buffers in use plus kept stay within the budget;
 `trim` drops the kept ones when no upload is active.
@@ -10,6 +14,7 @@ against 0.04 s for a reused one) as long as buffers in use plus kept stay within
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import mmap
@@ -17,7 +22,10 @@ from typing import Any
 
 import trio
 
+from .errors import FsError
+
 log = logging.getLogger(__name__)
+STALL_GRACE = 5.0  # seconds a writer waits for room while nothing uploads or is written
 
 
 def _unexported(mem: mmap.mmap) -> bool:
@@ -40,26 +48,46 @@ def _close(mem: mmap.mmap) -> None:
 class WriteBudget:
     """Bytes of part buffers all uploads may hold together; `acquire` waits for room."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, stall_grace: float = STALL_GRACE) -> None:
         self.capacity = capacity
         self.used = 0
         self.peak = 0
+        self.in_flight = 0  # of `used`, bytes of parts being uploaded (they come back)
+        self.written = 0  # bytes written into parts, ever: shows that writers make progress
+        self.stall_grace = stall_grace
         self._lot = trio.lowlevel.ParkingLot()
         self._kept: dict[int, list[mmap.mmap]] = {}  # freed buffers by size, for reuse
         self.kept_bytes = 0
 
-    async def acquire(self, n: int) -> int:
-        """Take `n` bytes (at most the whole budget: one part may exceed it); returns what
-        was taken, to give back with `release`."""
+    async def acquire(self, n: int, who: str = "") -> int:
+        """Take `n` bytes (at most the whole budget); returns what was taken, to give back
+        with `release`. Raises `FsError(ENOBUFS)` when no room comes within the grace period
+        while nothing is being uploaded."""
         n = min(n, self.capacity)
         while self.used + n > self.capacity:
-            await self._lot.park()
+            written = self.written
+            with trio.move_on_after(self.stall_grace) as waited:
+                await self._lot.park()
+            if (waited.cancelled_caught and not self.in_flight and self.written == written
+                    and self.used + n > self.capacity):
+                raise FsError(
+                    f"{who}: all {self.capacity >> 20} MiB of write buffers (--max-memory) "
+                    "are held by files open for writing that are not being written to, so "
+                    "no upload can free any; close idle files, or mount with a larger "
+                    "--max-memory", errno.ENOBUFS)
         self.used += n
         self.peak = max(self.peak, self.used)
         return n
 
-    def release(self, n: int) -> None:
+    def release(self, n: int, in_flight: bool = False) -> None:
         self.used -= n
+        if in_flight:
+            self.in_flight -= n
+        self._lot.unpark_all()
+
+    def ship(self, n: int) -> None:
+        """`n` bytes already taken are now being uploaded: they will come back."""
+        self.in_flight += n
         self._lot.unpark_all()
 
     def buffer(self, size: int) -> mmap.mmap:
@@ -131,13 +159,14 @@ class PartBody(io.RawIOBase):
 
 
 class Part:
-    """One part buffer, paid for from the budget."""
+    """One part buffer, paid for (`taken`) from the budget before it was made."""
 
     def __init__(self, number: int, size: int, taken: int, budget: WriteBudget) -> None:
         self.number = number
         self.mem = budget.buffer(size)
         self.fill = 0
         self.taken = taken
+        self.shipped = False
 
     @property
     def full(self) -> bool:
@@ -146,6 +175,12 @@ class Part:
     def view(self) -> memoryview:
         return memoryview(self.mem)[: self.fill]
 
+    def ship(self, budget: WriteBudget) -> None:
+        """The part is being uploaded: its bytes will come back to the budget."""
+        self.shipped = True
+        budget.ship(self.taken)
+
     def free(self, budget: WriteBudget) -> None:
-        budget.release(self.taken)
+        budget.release(self.taken, in_flight=self.shipped)
+        self.taken = 0
         budget.recycle(self.mem)

@@ -115,6 +115,7 @@ class Upload:
         part.mem[part.fill:part.fill + n] = view[:n]
         part.fill += n
         self.bytes_written += n
+        self.mgr.budget.written += n
         return n
 
     def _check_open(self) -> None:
@@ -138,7 +139,7 @@ class Upload:
                 number - 1) <= self.mgr.budget.capacity:
             log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
                         "holds one part at a time", self.key, number, size >> 20)
-        taken = await self.mgr.budget.acquire(size)
+        taken = await self.mgr.budget.acquire(size, self.key)
         self.part = Part(number, size, taken, self.mgr.budget)
         self.parts_started = number
         return self.part
@@ -147,6 +148,7 @@ class Upload:
         """Start uploading a full part in the background."""
         upload_id = self.upload_id or await self._create()
         self.part = None
+        part.ship(self.mgr.budget)
         self.inflight += 1
         self.mgr.nursery.start_soon(self._send_part, part, upload_id)
 
@@ -253,6 +255,9 @@ class Upload:
             return await self._verify(*await self._put_single())
         if self.part is not None and self.part.fill:
             await self._ship(self.part)
+        elif self.part is not None:  # paid for, never written to
+            self.part.free(self.mgr.budget)
+            self.part = None
         while self.inflight:
             await self.settled.park()
         if self.error is not None:
@@ -272,6 +277,8 @@ class Upload:
         """One PutObject; returns the ETag and the additional checksum to expect (or None)."""
         part = self.part
         self.algo = self.mgr.algorithm()
+        if part is not None:
+            part.ship(self.mgr.budget)
         try:
             with part.view() if part is not None else memoryview(b"") as view:
                 digest, extra = await trio.to_thread.run_sync(

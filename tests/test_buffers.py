@@ -3,24 +3,31 @@ buffer that something still reads."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import trio
 
 from s3mount.buffers import Part, PartBody, WriteBudget
 from s3mount.config import MiB
+from s3mount.errors import FsError
+
+
+async def paid_part(budget: WriteBudget, number: int, size: int) -> Part:
+    return Part(number, size, await budget.acquire(size), budget)
 
 
 async def test_freed_buffers_are_reused_within_the_budget() -> None:
     budget = WriteBudget(24 * MiB)
-    parts = [Part(n, 8 * MiB, await budget.acquire(8 * MiB), budget) for n in (1, 2, 3)]
+    parts = [await paid_part(budget, n, 8 * MiB) for n in (1, 2, 3)]
     mems = {id(p.mem) for p in parts}
     for p in parts:
         p.free(budget)
     assert budget.used == 0 and budget.kept_bytes == 24 * MiB
-    again = Part(4, 8 * MiB, await budget.acquire(8 * MiB), budget)
+    again = await paid_part(budget, 4, 8 * MiB)
     assert id(again.mem) in mems and budget.kept_bytes == 16 * MiB
     # A part of another size drops kept buffers until in-use plus kept fit the budget.
-    big = Part(5, 16 * MiB, await budget.acquire(16 * MiB), budget)
+    big = await paid_part(budget, 5, 16 * MiB)
     assert budget.used == 24 * MiB and budget.kept_bytes == 0
     again.free(budget)
     big.free(budget)
@@ -29,9 +36,57 @@ async def test_freed_buffers_are_reused_within_the_budget() -> None:
     assert budget.kept_bytes == 0
 
 
+async def test_shipped_parts_count_as_in_flight() -> None:
+    budget = WriteBudget(24 * MiB)
+    part = await paid_part(budget, 1, 8 * MiB)
+    assert budget.used == 8 * MiB and budget.in_flight == 0
+    part.ship(budget)
+    assert budget.in_flight == 8 * MiB
+    part.free(budget)
+    assert budget.used == 0 and budget.in_flight == 0
+
+
+async def test_a_part_larger_than_the_budget_is_charged_the_budget() -> None:
+    budget = WriteBudget(10 * MiB)
+    part = await paid_part(budget, 1, 16 * MiB)
+    assert len(part.mem) == 16 * MiB and part.taken == budget.used == 10 * MiB
+    part.free(budget)
+    assert budget.used == 0
+
+
+async def test_budget_held_by_idle_files_fails_with_enobufs_not_a_hang() -> None:
+    budget = WriteBudget(4 * MiB, stall_grace=0.2)
+    idle = [await paid_part(budget, 1, 2 * MiB) for _ in range(2)]  # open, never shipped
+    with trio.fail_after(5), pytest.raises(FsError) as info:
+        await budget.acquire(2 * MiB, "big.img")
+    assert info.value.errno_ == errno.ENOBUFS
+    assert "big.img" in str(info.value) and "--max-memory" in str(info.value)
+    for p in idle:
+        p.free(budget)
+
+
+async def test_waiting_writer_goes_on_while_others_make_progress() -> None:
+    budget = WriteBudget(4 * MiB, stall_grace=0.3)
+    held = [await paid_part(budget, 1, 2 * MiB) for _ in range(2)]
+
+    async def slow_writer_then_close() -> None:
+        for _ in range(4):  # writes a little every 0.2 s: slower than the grace period
+            await trio.sleep(0.2)
+            budget.written += 1
+        held[0].ship(budget)  # the file is closed: its part uploads
+        await trio.sleep(0.5)  # the upload takes longer than the grace period
+        held[0].free(budget)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_writer_then_close)
+            assert await budget.acquire(2 * MiB, "k") == 2 * MiB
+    held[1].free(budget)
+
+
 async def test_buffer_with_a_live_view_is_not_reused() -> None:
     budget = WriteBudget(16 * MiB)
-    part = Part(1, 8 * MiB, await budget.acquire(8 * MiB), budget)
+    part = await paid_part(budget, 1, 8 * MiB)
     part.mem[:5] = b"hello"
     part.fill = 5
     lingering = part.view()  # e.g. a request thread that still holds the body

@@ -9,6 +9,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -176,6 +177,45 @@ def test_out_of_order_write_fails_and_leaves_nothing(mounted: Mount, s3: Any,
     assert keys(s3, bucket) == []
     assert open_uploads(s3, bucket) == []
     assert mounted.log().count("write at offset 10 but 100 bytes were written") == 1
+
+
+IDLE_HOLDER = """
+import os, sys
+fds = [os.open(os.path.join(sys.argv[1], f"idle{i}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+       for i in range(2)]
+for fd in fds:
+    os.write(fd, b"header")
+print("ready", flush=True)
+sys.stdin.readline()
+for fd in fds:
+    os.close(fd)
+"""
+
+
+def test_idle_open_files_holding_the_budget_give_enobufs_not_a_hang(
+        mount_factory: Callable[..., Mount], s3: Any, bucket: str) -> None:
+    """Each file being written holds one part of --max-memory; when idle open files hold
+    it all, a writer that needs a part fails with ENOBUFS after the grace period."""
+    m = mount_factory(bucket, "--max-memory", "10M")
+    m.allowed_errors.append("held by files open for writing")
+    # The idle files are held by another process: a process that holds them itself would
+    # flush (complete) them when it forks and execs dd (close-on-exec closes a copy).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", IDLE_HOLDER, str(m.path)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline() == "ready\n"
+    t0 = time.monotonic()
+    r = dd("/dev/zero", m.path / "big.bin", "bs=1M", "count=20")
+    assert r.returncode != 0 and "No buffer space available" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 30
+    holder.communicate("close\n", timeout=30)  # the idle files still complete and verify
+    assert holder.returncode == 0
+    assert [get(s3, bucket, f"idle{i}") for i in range(2)] == [b"header", b"header"]
+    assert "big.bin" not in keys(s3, bucket) and open_uploads(s3, bucket) == []
+    assert "--max-memory" in m.log()
+    # With the budget free again, the same write succeeds.
+    assert dd("/dev/zero", m.path / "big.bin", "bs=1M", "count=20").returncode == 0
 
 
 def test_refusals(mounted: Mount, s3: Any, bucket: str) -> None:

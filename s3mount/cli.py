@@ -110,6 +110,9 @@ def mount_parser() -> Parser:
                     help="additional checksum sent with every part and verified after the "
                     "upload, besides Content-MD5 and the ETag; auto (the default) uses CRC32C "
                     "only where ETags are not MD5s (SSE-KMS, SSE-C)")
+    fs.add_argument("--rename-max-keys", type=int, default=10_000, metavar="N",
+                    help="largest directory (in keys) that rename copies; above it rename "
+                    "fails with EXDEV and mv copies file by file (default 10000)")
     rd = p.add_argument_group("reads")
     rd.add_argument("--read-ahead", type=parse_size, default=32 * MiB,
                     help="largest read-ahead window per file (default 32M)")
@@ -137,7 +140,7 @@ def build_config(ns: argparse.Namespace) -> Config:
         dir_mode=ns.dir_mode, dir_suffix=ns.dir_suffix, metadata_ttl=ns.metadata_ttl,
         part_size=ns.part_size, part_growth_every=ns.part_growth_every,
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
-        checksum=ns.checksum,
+        checksum=ns.checksum, rename_max_keys=ns.rename_max_keys,
         read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries)
 
 

@@ -52,6 +52,9 @@ class Config:
     # Additional checksum (see checksum.py): "auto" = CRC32C only where ETags are no MD5s.
     checksum: str = "auto"
 
+    # Renames: a directory rename copies every key under it; refused (EXDEV) above this.
+    rename_max_keys: int = 10_000
+
     # Reads
     read_ahead_max: int = 32 * MiB  # per open file
     read_memory: int = 128 * MiB  # prefetched bytes across all open files

@@ -26,6 +26,7 @@ from .inodes import InodeTable, Node
 from .keys import KeyMap, decode_name, join, parent_of, valid_name
 from .namespace import Entry, Namespace
 from .reader import ReadBudget, Reader
+from .renamer import Renamer
 from .store import Store
 from .writer import Uploads
 
@@ -75,6 +76,7 @@ class S3Fs(pyfuse3.Operations):
         self.handles = HandleTable()
         self.read_budget = ReadBudget(config.read_memory)
         self.uploads = Uploads(config, store, nursery)
+        self.renamer = Renamer(store, config.rename_max_keys)
         self.store = store
         self.nursery = nursery
 
@@ -306,6 +308,79 @@ class S3Fs(pyfuse3.Operations):
         self.inodes.detach(node)
         self.inodes.set_missing(path)
         self._pin_parent(parent_inode)
+
+    @_fuse_errors
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
+                     parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FsError("exchanging two names (RENAME_EXCHANGE) is not possible on S3",
+                          errno.EINVAL)
+        old = self._path(parent_inode_old, name_old)
+        new = self._path(parent_inode_new, name_new)
+        self.keys.check_key(new)
+        src = await self.resolve(old)
+        if src.writer is not None and src.writer.state != "open":
+            await src.writer.done.wait()  # closed a moment ago (release is asynchronous)
+        if old == new:
+            return
+        dst = await self._node_or_none(new)
+        self._check_rename(src, old, dst, new, flags)
+        if src.kind == "file":
+            info = await self.renamer.move_file(self.keys.file_key(old),
+                                                self.keys.file_key(new))
+            self.inodes.move(old, new)
+            self.inodes.upsert(new, Entry("file", info.size, info.mtime, info.etag))
+        else:
+            n = await self.renamer.move_tree(self.keys.dir_prefix(old), self.keys.dir_prefix(new))
+            await self._move_marker(old, new)
+            log.info("renamed directory %r to %r: %d keys copied and deleted", old, new, n)
+            self.inodes.move(old, new)
+        self._pin_parent(parent_inode_old)
+
+    def _check_rename(self, src: Node, old: str, dst: Node | None, new: str,
+                      flags: int) -> None:
+        if (src.writer is not None and src.writer.state == "open") or any(
+                u.node.path.startswith(old + "/") for u in self.uploads):
+            raise FsError(f"{old!r} is being written; close it before renaming it",
+                          errno.EBUSY)
+        if src.kind == "dir" and new.startswith(old + "/"):
+            raise FsError(f"cannot move {old!r} into itself ({new!r})", errno.EINVAL)
+        if dst is None:
+            return
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            raise FsError(f"{new!r} exists (RENAME_NOREPLACE)", errno.EEXIST)
+        if dst.writer is not None:
+            raise FsError(f"{new!r} is being written; close it first", errno.EBUSY)
+        if src.kind == "file" and dst.kind == "dir":
+            raise FsError(f"{new!r} is a directory", errno.EISDIR)
+        if src.kind == "dir" and dst.kind == "file":
+            raise FsError(f"{new!r} is not a directory", errno.ENOTDIR)
+
+    async def _node_or_none(self, path: str) -> Node | None:
+        try:
+            node = await self.resolve(path)
+        except FsError as exc:
+            if exc.errno_ == errno.ENOENT:
+                return None
+            raise
+        if node.kind == "dir" and not await self.ns.is_empty(path):
+            raise FsError(f"{path!r} is a directory that is not empty", errno.ENOTEMPTY)
+        return node
+
+    async def _move_marker(self, old: str, new: str) -> None:
+        """A marker outside the directory's prefix (a suffix such as `_$folder$`) moves too;
+        a directory without one gets one, so that it exists under its new name."""
+        marker = self.keys.marker_key(old)
+        if marker.startswith(self.keys.dir_prefix(old)):
+            if not await self.ns.stat(new):
+                await self.store.put(self.keys.marker_key(new), b"", _EMPTY_MD5)
+            return
+        if await self.store.head(marker) is not None:
+            await self.renamer.move_file(marker, self.keys.marker_key(new))
+        elif not await self.ns.stat(new):
+            await self.store.put(self.keys.marker_key(new), b"", _EMPTY_MD5)
 
     def _pin_parent(self, parent_inode: int) -> None:
         """Removing an entry must not make an implicit parent directory vanish."""

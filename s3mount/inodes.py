@@ -93,6 +93,22 @@ class InodeTable:
         node.detached = True
         self._maybe_drop(node)
 
+    def move(self, old: str, new: str) -> None:
+        """Paths under `old` (and `old` itself) are now under `new` (a rename): their nodes
+        keep their inodes; whatever was at a new path is detached."""
+        below = old + "/"
+        moving = [n for p, n in self.by_path.items() if p == old or p.startswith(below)]
+        for node in moving:
+            del self.by_path[node.path]
+        for node in moving:
+            path = new + node.path[len(old):]
+            if (there := self.by_path.get(path)) is not None:
+                self.detach(there)
+            node.path = path
+            self.by_path[path] = node
+            self.negative.pop(path, None)
+        self.set_missing(old)
+
     def forget(self, ino: int, n: int) -> None:
         node = self.by_ino.get(ino)
         if node is None or ino == ROOT_INODE:

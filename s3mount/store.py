@@ -111,6 +111,10 @@ class Store(Protocol):
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[PartDone]) -> str: ...
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
+    async def copy(self, src: str, dst: str, etag: str) -> str: ...
+    async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,
+                        end: int, etag: str) -> str: ...
+    async def part_size(self, key: str, number: int, etag: str) -> int | None: ...
     async def delete(self, key: str) -> None: ...
 
 
@@ -325,6 +329,33 @@ class S3Store:
     async def abort_upload(self, key: str, upload_id: str) -> None:
         await self._write_call(f"ABORT {key}", lambda: self.client.abort_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id))
+
+    async def copy(self, src: str, dst: str, etag: str) -> str:
+        """Server-side copy of `src` (only while its ETag is `etag`) to `dst`; up to 5 GiB."""
+        r = await self._write_call(f"COPY {src} -> {dst}", lambda: self.client.copy_object(
+            Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src},
+            CopySourceIfMatch=f'"{etag}"', MetadataDirective="COPY"))
+        return strip_etag(r.get("CopyObjectResult", {}).get("ETag", ""))
+
+    async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,
+                        end: int, etag: str) -> str:
+        """UploadPartCopy of bytes [start, end) of `src` as part `number` of `dst`."""
+        r = await self._write_call(f"COPY-PART {number} {src} -> {dst}", lambda: self.client
+                                   .upload_part_copy(
+            Bucket=self.bucket, Key=dst, UploadId=upload_id, PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": src}, CopySourceIfMatch=f'"{etag}"',
+            CopySourceRange=f"bytes={start}-{end - 1}"))
+        return strip_etag(r.get("CopyPartResult", {}).get("ETag", ""))
+
+    async def part_size(self, key: str, number: int, etag: str) -> int | None:
+        """Size of part `number` of a multipart object, or None if the server cannot say."""
+        def call() -> dict[str, Any]:
+            return self.client.head_object(  # type: ignore[no-any-return]
+                Bucket=self.bucket, Key=key, PartNumber=number, IfMatch=f'"{etag}"')
+        r = await self._read_call(f"HEAD {key} part {number}", call)
+        if "PartsCount" not in r:
+            return None
+        return int(r["ContentLength"])
 
     async def delete(self, key: str) -> None:
         await self._write_call(f"DELETE {key}", lambda: self.client.delete_object(

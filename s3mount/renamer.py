@@ -1,0 +1,203 @@
+"""Rename on S3, which has none: a verified server-side copy, then the delete of the source.
+
+The copy must come back with the source's ETag and size before the source is deleted, so a
+failure never loses both: a copy that does not match is removed and the source stays. S3
+gives a copy the source's ETag when a single-part object is copied with CopyObject, and
+when a multipart object is copied with UploadPartCopy over the source's own parts (their
+sizes from HEAD ?partNumber=N); some servers (SeaweedFS) instead keep any ETag on
+CopyObject, so that is tried next for objects up to 5 GiB. When no copy can be verified
+(ETags that are not MD5s, a server that computes its own), rename fails with EXDEV, and mv
+falls back to copying through the mount, where every write is verified. Empty objects
+(directory markers) are written anew rather than copied.
+
+A directory is every key under its prefix: each is copied and verified, and only when all
+are does the deletion of the sources begin, so a failure part way leaves every object in at
+least one place. At most `max_keys` keys, beyond which rename refuses with EXDEV too. None of
+this is atomic: another client can see both names for a while.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .config import S3_MAX_PUT
+from .errors import FsError, IntegrityError, StoreError
+from .etag import etag_is_md5
+from .store import ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+COPY_CONCURRENCY = 8
+
+
+EMPTY_MD5 = bytes.fromhex("d41d8cd98f00b204e9800998ecf8427e")
+
+
+def _unverifiable(key: str, why: str) -> FsError:
+    return FsError(f"{key}: a server-side copy could not be verified ({why}); refused "
+                   "with EXDEV, so mv copies through the mount instead", errno.EXDEV)
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first of our errors inside (nested) exception groups from a nursery."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = next((e for e in exc.exceptions if isinstance(e, FsError | StoreError)),
+                   exc.exceptions[0])
+    return exc
+
+
+def parts_of(etag: str) -> int:
+    """Number of parts of a multipart object from its ETag (``abc-3`` -> 3), else 0."""
+    _, dash, n = etag.rpartition("-")
+    return int(n) if dash and n.isdigit() else 0
+
+
+class Renamer:
+    def __init__(self, store: Store, max_keys: int) -> None:
+        self.store = store
+        self.max_keys = max_keys
+
+    async def move_file(self, src: str, dst: str) -> ObjectInfo:
+        info = await self.store.head(src)
+        if info is None:
+            raise FsError(f"{src}: no such object", errno.ENOENT)
+        copied = await self.copy(info, dst)
+        await self.store.delete(src)
+        return copied
+
+    async def copy(self, info: ObjectInfo, dst: str) -> ObjectInfo:
+        """Copy the object `info` to `dst` and verify it; a copy that does not match is
+        removed. Raises EXDEV when this server's copies cannot be verified."""
+        src = info.key
+        if info.size == 0:
+            await self.store.put(dst, b"", EMPTY_MD5)  # markers: some servers cannot copy them
+            return await self._verified(info, dst)
+        if not etag_is_md5(info.encryption):
+            raise _unverifiable(src, "its ETag is not an MD5 (SSE-KMS or SSE-C)")
+        attempts: list[Callable[[], Awaitable[object]]] = []
+        if parts_of(info.etag):  # S3 gives a copy over the same parts the same ETag
+            attempts.append(lambda: self._copy_parts(info, dst))
+        if info.size <= S3_MAX_PUT:  # S3 keeps a single-part ETag; some servers any ETag
+            attempts.append(lambda: self.store.copy(src, dst, info.etag))
+        got: ObjectInfo | None = None
+        for attempt in attempts:
+            await attempt()
+            got = await self._verified(info, dst)
+            if got.etag == info.etag:
+                return got
+        await self._remove(dst)
+        raise _unverifiable(src, f"the server's copy has ETag {got and got.etag}, not "
+                            f"{info.etag}")
+
+    async def _verified(self, info: ObjectInfo, dst: str) -> ObjectInfo:
+        got = await self.store.head(dst)
+        if got is None:
+            raise IntegrityError(f"{dst}: missing right after copying {info.key} to it")
+        if got.size != info.size:
+            await self._remove(dst)
+            raise IntegrityError(
+                f"copy of {info.key} to {dst} has {got.size} bytes, not {info.size}; the "
+                f"copy was removed, {info.key} is intact")
+        return got
+
+    async def _remove(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except StoreError as exc:
+            log.error("%s: could not delete the copy that failed verification: %s", key, exc)
+
+    async def _layout(self, info: ObjectInfo) -> list[int] | None:
+        """The source's part sizes, or None when the server does not tell them."""
+        n = parts_of(info.etag)
+        sizes: list[int | None] = [None] * n
+
+        async def one(i: int) -> None:
+            sizes[i] = await self.store.part_size(info.key, i + 1, info.etag)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(one, i)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        if all(s is not None for s in sizes) and sum(s or 0 for s in sizes) == info.size:
+            return [s or 0 for s in sizes]
+        return None
+
+    async def _copy_parts(self, info: ObjectInfo, dst: str) -> None:
+        sizes = await self._layout(info)
+        if sizes is None:
+            raise _unverifiable(info.key, "the server does not report its part sizes")
+        started = await self.store.create_upload(dst)
+        etags: dict[int, str] = {}
+        try:
+            limit = trio.Semaphore(COPY_CONCURRENCY)
+
+            async def one(number: int, start: int, end: int) -> None:
+                async with limit:
+                    etags[number] = await self.store.copy_part(
+                        dst, started.upload_id, number, info.key, start, end, info.etag)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    start = 0
+                    for number, size in enumerate(sizes, 1):
+                        nursery.start_soon(one, number, start, start + size)
+                        start += size
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            await self.store.complete_upload(
+                dst, started.upload_id, [(n, etags[n], None) for n in sorted(etags)])
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.store.abort_upload(dst, started.upload_id)
+                except StoreError as exc:
+                    log.error("%s: could not abort the copy's upload: %s", dst, exc)
+            raise
+
+    async def move_tree(self, src_prefix: str, dst_prefix: str) -> int:
+        """Move every key under `src_prefix` to `dst_prefix`; returns how many."""
+        objects = await self._all_under(src_prefix)
+        limit = trio.Semaphore(COPY_CONCURRENCY)
+
+        async def copy_one(info: ObjectInfo) -> None:
+            async with limit:
+                await self.copy(info, dst_prefix + info.key[len(src_prefix):])
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for info in objects:
+                    nursery.start_soon(copy_one, info)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        # Every copy is verified: only now may sources go.
+        async def delete_one(key: str) -> None:
+            async with limit:
+                await self.store.delete(key)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for info in objects:
+                    nursery.start_soon(delete_one, info.key)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return len(objects)
+
+    async def _all_under(self, prefix: str) -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        token: str | None = None
+        while True:
+            page = await self.store.list_page(prefix, None, token)
+            out += page.objects
+            if len(out) > self.max_keys:
+                raise FsError(
+                    f"{prefix!r} holds more than {self.max_keys} keys (--rename-max-keys): "
+                    "renaming it would copy each one; refused (EXDEV, so mv copies and "
+                    "deletes file by file instead)", errno.EXDEV)
+            token = page.next_token
+            if token is None:
+                return out

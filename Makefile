@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PYTEST_ARGS ?=

@@ -23,3 +23,15 @@ def test_readme_defaults_match_the_cli() -> None:
     assert ns.upload_concurrency == 4 and "| `--upload-concurrency N` | `4` |" in readme
     assert ns.checksum == "auto" and "| `--checksum A` | `auto` |" in readme
     assert ns.metadata_ttl == 1.0 and "| `--metadata-ttl S` | `1` |" in readme
+
+
+def test_semantics_names_only_tests_that_exist() -> None:
+    import re
+
+    text = (ROOT / "docs" / "SEMANTICS.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)(\*?)`", text)
+    assert len(named) > 50
+    for file, test, star in named:
+        source = (ROOT / "tests" / file).read_text()
+        pattern = rf"def {test}\w*\(" if star else rf"def {test}\("
+        assert re.search(pattern, source), f"{file}::{test} is named but does not exist"

@@ -184,3 +184,14 @@ async def test_object_changed_during_copy_is_not_copied(config: Config, s3: Any,
     with pytest.raises(Exception, match="changed|Precondition|412"):
         await Renamer(store, 100).copy(info, "dst")
     assert keys(s3, bucket) == ["src"]
+
+
+def test_rename_directory_with_suffix_markers(mount_factory: Callable[..., Mount], s3: Any,
+                                              bucket: str) -> None:
+    m = mount_factory(bucket, "--dir-suffix", "_$folder$")
+    (m.path / "d" / "e").mkdir(parents=True)
+    (m.path / "d" / "e" / "f").write_bytes(b"f")
+    assert sorted(keys(s3, bucket)) == ["d/e/f", "d/e_$folder$", "d_$folder$"]
+    os.rename(m.path / "d", m.path / "g")
+    assert sorted(keys(s3, bucket)) == ["g/e/f", "g/e_$folder$", "g_$folder$"]
+    assert (m.path / "g" / "e" / "f").read_bytes() == b"f"

@@ -76,11 +76,23 @@ def mount_parser() -> Parser:
     p = Parser(prog="s3mount", description="Mount an S3 bucket (or a prefix of it) with FUSE. "
                "Subcommands: s3mount etag FILE|- (print the ETag a stream gets).")
     p.add_argument("bucket", help="BUCKET or s3://BUCKET/PREFIX/")
-    p.add_argument("mountpoint", help="an existing, empty directory")
+    p.add_argument("mountpoint", nargs="?", help="an existing, empty directory")
     p.add_argument("--version", action="version", version=f"s3mount {__version__}")
+    p.add_argument("-o", dest="options", action="append", metavar="OPT[=VAL],...",
+                   help="settings as mount(8) passes them: the long option names with _ "
+                   "(endpoint_url=URL,ro,allow_other,uid=N,...); _netdev, nofail and other "
+                   "mount(8) words are ignored")
+    p.add_argument("--config", metavar="FILE", help="read settings from FILE only (default: "
+                   "/etc/s3mount/config.toml, then ~/.config/s3mount/config.toml)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings this mount would use, and where each comes from, "
+                   "then exit (MOUNTPOINT may be left out)")
     s3 = p.add_argument_group("S3")
-    s3.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+    s3.add_argument("--endpoint-url",
                     help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    s3.add_argument("--keyfile", metavar="FILE",
+                    help="credentials file: ACCESS_KEY:SECRET_KEY (or s3fs's "
+                    "BUCKET:ACCESS_KEY:SECRET_KEY lines); mode 600 (default: boto3's chain)")
     s3.add_argument("--region", help="region (default: from the AWS configuration)")
     s3.add_argument("--profile", help="profile in ~/.aws/config and ~/.aws/credentials")
     s3.add_argument("--prefix", help="mount only keys under this prefix")
@@ -127,11 +139,34 @@ def mount_parser() -> Parser:
     return p
 
 
+def parse_mount_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The mount's settings from every layer (see settings.py), and where each came from."""
+    from .settings import apply_layers, settable
+
+    parser = mount_parser()
+    builtin = {dest: parser.get_default(dest) for dest in settable(parser)}
+    unset = object()
+    parser.set_defaults(**{dest: unset for dest in builtin})
+    ns = parser.parse_args(argv)
+    given = {dest for dest in builtin if getattr(ns, dest) is not unset}
+    for dest in builtin.keys() - given:
+        setattr(ns, dest, builtin[dest])
+    bucket = ns.bucket[5:].partition("/")[0] if ns.bucket.startswith("s3://") else ns.bucket
+    sources = apply_layers(parser, ns, given, bucket)
+    if ns.mountpoint is None and not ns.print_config:
+        parser.error("the following arguments are required: mountpoint")
+    return ns, sources
+
+
 def build_config(ns: argparse.Namespace) -> Config:
+    from .settings import read_keyfile
+
     bucket, prefix = split_bucket(ns.bucket, ns.prefix)
-    mountpoint = os.path.abspath(ns.mountpoint)
+    mountpoint = os.path.abspath(ns.mountpoint or ".")
     _check_numbers(ns)
+    keyfile = os.path.abspath(os.path.expanduser(ns.keyfile)) if ns.keyfile else None
     return Config(
+        keyfile=keyfile, credentials=read_keyfile(keyfile, bucket) if keyfile else None,
         bucket=bucket, prefix=prefix, mountpoint=mountpoint, endpoint_url=ns.endpoint_url,
         region=ns.region, profile=ns.profile, read_only=ns.read_only,
         foreground=ns.foreground, debug=ns.debug,
@@ -200,7 +235,11 @@ def setup_logging(config: Config, detached: bool) -> None:
 
 
 def mount_main(argv: Sequence[str]) -> int:
-    config = build_config(mount_parser().parse_args(argv))
+    ns, sources = parse_mount_args(argv)
+    config = build_config(ns)
+    if ns.print_config:
+        print(describe_config(config, sources))
+        return 0
     check_mountpoint(config.mountpoint)
     from .mount import run  # pyfuse3 and trio only when mounting
 
@@ -209,6 +248,26 @@ def mount_main(argv: Sequence[str]) -> int:
         run(config, ready=lambda: None)
         return 0
     return _detach(config, run)
+
+
+def describe_config(config: Config, sources: dict[str, str]) -> str:
+    """The settings as `name = value  # source` lines; secrets masked."""
+    from .store import credential_summary
+
+    names = {"read_ahead": "read_ahead_max"}
+    lines = [f"bucket = {config.bucket!r}", f"prefix = {config.prefix!r}",
+             f"mountpoint = {config.mountpoint!r}"]
+    for dest in sorted(sources):
+        if dest == "prefix":
+            continue
+        value = getattr(config, names.get(dest, dest), None)
+        if dest in ("file_mode", "dir_mode") and isinstance(value, int):
+            shown = f"0o{value:o}"
+        else:
+            shown = repr(value)
+        lines.append(f"{dest} = {shown}  # {sources[dest]}")
+    lines.append(f"# credentials: {credential_summary(config)}")
+    return "\n".join(lines)
 
 
 def _detach(config: Config, run: Callable[[Config, Callable[[], None]], None]) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Credentials
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -27,6 +31,10 @@ class Config:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    keyfile: str | None = None
+    # From the keyfile; never printed (repr hides it) nor logged.
+    credentials: Credentials | None = dataclasses.field(default=None, repr=False,
+                                                        compare=False)
 
     read_only: bool = False
     foreground: bool = False

@@ -379,15 +379,36 @@ def _part_spec(part: PartDone) -> dict[str, Any]:
     return {"PartNumber": number, "ETag": f'"{etag}"', **_extra_args(checksum)}
 
 
-def make_client(config: Config) -> Any:
-    """A boto3 S3 client with our timeouts, no SDK retries and no default CRC checksums."""
+def _session(config: Config) -> Any:
+    if config.credentials is not None:
+        return boto3.session.Session(aws_access_key_id=config.credentials.access_key,
+                                     aws_secret_access_key=config.credentials.secret_key,
+                                     region_name=config.region)
     try:
-        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+        return boto3.session.Session(profile_name=config.profile, region_name=config.region)
     except botocore.exceptions.ProfileNotFound:
         raise QuietError(f"AWS profile {config.profile!r} not found in ~/.aws/config") from None
+
+
+def credential_summary(config: Config) -> str:
+    """Which credentials a mount would use, with the keys masked."""
+    from .settings import mask
+
+    if config.credentials is not None:
+        return (f"access key {mask(config.credentials.access_key)} from "
+                f"{config.credentials.source}")
+    creds = _session(config).get_credentials()
+    if creds is None:
+        return "none found"
+    return f"access key {mask(creds.access_key)} from boto3 ({creds.method})"
+
+
+def make_client(config: Config) -> Any:
+    """A boto3 S3 client with our timeouts, no SDK retries and no default CRC checksums."""
+    session = _session(config)
     if session.get_credentials() is None:
         raise QuietError("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
-                         "AWS_SECRET_ACCESS_KEY, or use --profile", 3)
+                         "AWS_SECRET_ACCESS_KEY, or use --keyfile or --profile", 3)
     bc = botocore.config.Config(
         connect_timeout=config.connect_timeout,
         read_timeout=config.request_timeout,

@@ -25,7 +25,7 @@ from .errors import QuietError
 
 log = logging.getLogger(__name__)
 
-SUBCOMMANDS = ("etag",)
+SUBCOMMANDS = ("etag", "uploads")
 READY_TIMEOUT = 60.0  # seconds the parent waits for the detached child to report
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,254}$")
@@ -43,6 +43,12 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 8M, 64MiB, 1G)")
     factor = 1024 ** " kmgt".index(m.group(2).lower() or " ")
     return int(float(m.group(1)) * factor)
+
+
+def _age(text: str) -> float:
+    from .admin import parse_age
+
+    return parse_age(text)
 
 
 def parse_mode(text: str) -> int:
@@ -74,7 +80,8 @@ def split_bucket(spec: str, prefix_opt: str | None) -> tuple[str, str]:
 
 def mount_parser() -> Parser:
     p = Parser(prog="s3mount", description="Mount an S3 bucket (or a prefix of it) with FUSE. "
-               "Subcommands: s3mount etag FILE|- (print the ETag a stream gets).")
+               "Subcommands: s3mount etag FILE|- (print the ETag a stream gets); s3mount uploads "
+               "list|abort BUCKET (incomplete multipart uploads).")
     p.add_argument("bucket", help="BUCKET or s3://BUCKET/PREFIX/")
     p.add_argument("mountpoint", nargs="?", help="an existing, empty directory")
     p.add_argument("--version", action="version", version=f"s3mount {__version__}")
@@ -118,6 +125,9 @@ def mount_parser() -> Parser:
                     help="bytes of write buffers across all files (default 24M)")
     wr.add_argument("--upload-concurrency", type=int, default=4,
                     help="parts uploaded at once (default 4)")
+    wr.add_argument("--abort-stale-uploads", type=_age, metavar="AGE",
+                    help="at start, abort incomplete multipart uploads under the mounted "
+                    "prefix started at least AGE ago (e.g. 1d), such as a killed mount leaves")
     wr.add_argument("--checksum", choices=("auto", "crc32c", "sha256"), default="auto",
                     help="additional checksum sent with every part and verified after the "
                     "upload, besides Content-MD5 and the ETag; auto (the default) uses CRC32C "
@@ -176,6 +186,7 @@ def build_config(ns: argparse.Namespace) -> Config:
         part_size=ns.part_size, part_growth_every=ns.part_growth_every,
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
         checksum=ns.checksum, rename_max_keys=ns.rename_max_keys,
+        abort_stale_uploads=ns.abort_stale_uploads,
         read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries)
 
 
@@ -361,6 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "etag":
             return etag_main(args[1:])
+        if args and args[0] == "uploads":
+            from .admin import uploads_main
+
+            return uploads_main(args[1:])
         return mount_main(args)
     except QuietError as exc:
         print(f"s3mount: {exc.message}", file=sys.stderr)

@@ -57,6 +57,8 @@ class Config:
     part_growth_every: int = 1000  # parts per stage; the part size doubles after each stage
     max_memory: int = 24 * MiB  # bytes held in part buffers, across all open files
     upload_concurrency: int = 4
+    # At start, abort incomplete multipart uploads at least this old (seconds); None: keep.
+    abort_stale_uploads: float | None = None
     # Additional checksum (see checksum.py): "auto" = CRC32C only where ETags are no MD5s.
     checksum: str = "auto"
 

@@ -59,6 +59,12 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
     store = S3Store(config)
     with trio.fail_after(config.connect_timeout + config.request_timeout):
         await store.check_bucket()
+    if config.abort_stale_uploads is not None:
+        from .admin import abort_stale
+
+        n = await abort_stale(store, config.prefix, config.abort_stale_uploads)
+        log.info("aborted %d stale multipart upload(s) older than %.0f s", n,
+                 config.abort_stale_uploads)
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         fs = S3Fs(config, store, nursery)

@@ -361,6 +361,20 @@ class S3Store:
         await self._write_call(f"DELETE {key}", lambda: self.client.delete_object(
             Bucket=self.bucket, Key=key))
 
+    async def upload_parts(self, key: str, upload_id: str) -> tuple[int, int]:
+        """Number of parts and bytes a multipart upload holds so far."""
+        count = size = 0
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            r = await self._read_call(f"LIST-PARTS {key}", functools.partial(
+                self.client.list_parts, **args))
+            parts = r.get("Parts", [])
+            count += len(parts)
+            size += sum(int(p.get("Size", 0)) for p in parts)
+            if not r.get("IsTruncated"):
+                return count, size
+            args["PartNumberMarker"] = r["NextPartNumberMarker"]
+
     async def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
         out: list[UploadInfo] = []
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}

@@ -1,0 +1,121 @@
+"""`s3mount uploads list|abort BUCKET[/PREFIX]`: find and remove incomplete multipart uploads.
+
+A mount that was killed (or lost power) leaves its multipart uploads behind: never visible as
+objects, but stored, and billed, until aborted. These commands take the same connection
+settings as a mount (--endpoint-url, --keyfile, --profile, the config file's bucket section,
+-o). `abort_stale` is also what a mount runs at start with `--abort-stale-uploads AGE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import re
+import time
+from collections.abc import Sequence
+
+import trio
+
+from .errors import QuietError
+from .schedule import human_size
+from .store import S3Store, UploadInfo
+
+log = logging.getLogger(__name__)
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+CONNECTION_OPTIONS = ("--endpoint-url", "--keyfile", "--region", "--profile", "--config", "-o")
+
+
+def parse_age(text: str) -> float:
+    """'0s', '90m', '12h', '7d', '2w' -> seconds."""
+    m = _AGE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid age {text!r} (e.g. 0s, 30m, 12h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+async def stale(store: S3Store, prefix: str, older_than: float) -> list[UploadInfo]:
+    now = time.time()
+    return [u for u in await store.list_uploads(prefix) if now - u.initiated >= older_than]
+
+
+async def abort_stale(store: S3Store, prefix: str, older_than: float) -> int:
+    """Abort uploads under `prefix` started at least `older_than` seconds ago."""
+    found = await stale(store, prefix, older_than)
+    for u in found:
+        await store.abort_upload(u.key, u.upload_id)
+        log.info("aborted stale multipart upload of %s (started %s)", u.key, _when(u.initiated))
+    return len(found)
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def parser() -> argparse.ArgumentParser:
+    from .cli import Parser
+
+    p = Parser(prog="s3mount uploads", description="List or abort incomplete multipart "
+               "uploads (a killed mount leaves them; they are billed until aborted).")
+    p.add_argument("action", choices=("list", "abort"))
+    p.add_argument("bucket", help="BUCKET or s3://BUCKET/PREFIX/")
+    p.add_argument("--older-than", type=parse_age, metavar="AGE",
+                   help="only uploads started at least AGE ago (0s, 30m, 12h, 7d); "
+                   "required for abort")
+    p.add_argument("--endpoint-url")
+    p.add_argument("--keyfile", metavar="FILE")
+    p.add_argument("--region")
+    p.add_argument("--profile")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("-o", dest="options", action="append", metavar="OPT[=VAL],...")
+    return p
+
+
+def uploads_main(argv: Sequence[str]) -> int:
+    from .cli import build_config, parse_mount_args
+
+    ns = parser().parse_args(argv)
+    if ns.action == "abort" and ns.older_than is None:
+        raise QuietError("uploads abort needs --older-than AGE (0s aborts every one)", 2)
+    mount_args = [ns.bucket, "--print-config"]
+    for opt in ("endpoint_url", "keyfile", "region", "profile", "config"):
+        if getattr(ns, opt) is not None:
+            mount_args += [f"--{opt.replace('_', '-')}", getattr(ns, opt)]
+    for o in ns.options or []:
+        mount_args += ["-o", o]
+    config = build_config(parse_mount_args(mount_args)[0])
+    return trio.run(_run, config, ns.action, ns.older_than or 0.0)
+
+
+async def _run(config: object, action: str, older_than: float) -> int:
+    from .config import Config
+
+    assert isinstance(config, Config)
+    store = S3Store(config)
+    await store.check_bucket()
+    found = await stale(store, config.prefix, older_than)
+    where = f"s3://{config.bucket}/{config.prefix}"
+    if action == "list":
+        if not found:
+            print(f"no incomplete uploads under {where}")
+            return 0
+        print(f"{'STARTED (UTC)':20}  {'AGE':>7}  {'PARTS':>5}  {'SIZE':>10}  KEY")
+        for u in sorted(found, key=lambda u: u.initiated):
+            parts, size = await store.upload_parts(u.key, u.upload_id)
+            print(f"{_when(u.initiated):20}  {_age(time.time() - u.initiated):>7}  "
+                  f"{parts:>5}  {human_size(size):>10}  {u.key}")
+        print(f"{len(found)} incomplete upload(s) under {where}")
+        return 0
+    for u in found:
+        await store.abort_upload(u.key, u.upload_id)
+        print(f"aborted {u.key} (started {_when(u.initiated)})")
+    print(f"{len(found)} upload(s) aborted under {where}")
+    return 0

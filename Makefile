@@ -9,13 +9,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 RUFF_PATHS := s3mount tests bench
 MYPY_PATHS ?= s3mount tests/seaweed.py tests/test_seaweed.py bench/demo_seed.py
+
+# make install: the package in its own venv, the command on PATH, the systemd template unit.
+# Point them elsewhere to try it out: make install INSTALL_DIR=/tmp/t/opt PREFIX=/tmp/t/usr ...
+INSTALL_DIR ?= /opt/s3mount
+PREFIX ?= /usr/local
+SYSTEMD_DIR ?= /etc/systemd/system
+INSTALL_VENV ?= yes
+SYSTEMD_RUNTIME_DIR ?= /run/systemd/system
+SYSTEMCTL ?= systemctl
 
 DEMO := .demo
 DEMO_MNT := $(DEMO)/mnt
@@ -26,7 +35,7 @@ DEMO_ENV = eval "$$($(BIN)/python -m tests.seaweed env --state-dir $(DEMO))"
 export PYTHON_H_PRESENT := import os, sys, sysconfig; \
   sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 
-.PHONY: help deps venv test lint demo demo-stop bench clean
+.PHONY: help deps venv test lint demo demo-stop bench install clean
 
 help:
 	@echo "make test       install what is missing (apt, .venv), then run pytest"
@@ -36,6 +45,8 @@ help:
 	@echo "make bench      run bench/run.py"
 	@echo "make deps       apt-get install $(APT_PACKAGES) if missing"
 	@echo "make venv       create $(VENV) with the package and its test, lint and bench extras"
+	@echo "make install    pip install . into $(INSTALL_DIR), link $(PREFIX)/bin/s3mount,"
+	@echo "                put s3mount@.service in $(SYSTEMD_DIR) (see systemd/README.md)"
 	@echo "make clean      demo-stop, then remove $(VENV) and caches"
 
 # Building pyfuse3 (sdist only) needs libfuse3-dev, pkg-config, a C compiler and Python's headers.
@@ -96,6 +107,30 @@ demo: deps venv
 	echo "  Try:  ls -lR $(DEMO_MNT);  cp SOMEFILE $(DEMO_MNT)/;  cat $(DEMO_MNT)/docs/readme.md"; \
 	echo "  S3 keys for other tools:  eval \"\$$($(BIN)/python -m tests.seaweed env --state-dir $(DEMO))\""; \
 	echo "  Stop it all:  make demo-stop"
+
+# The venv is created where it will run (a venv cannot be moved), so there is no DESTDIR:
+# INSTALL_DIR, PREFIX and SYSTEMD_DIR say where each part goes. INSTALL_VENV=no skips the
+# venv (to refresh only the link and the unit). The unit's ExecStart follows PREFIX.
+install: $(if $(filter yes,$(INSTALL_VENV)),deps)
+	@if [ "$(INSTALL_VENV)" = yes ]; then \
+	  set -x; \
+	  $(PYTHON) -m venv $(INSTALL_DIR); \
+	  $(INSTALL_DIR)/bin/python -m pip install --progress-bar off --disable-pip-version-check \
+	    --upgrade .; \
+	fi
+	install -d $(PREFIX)/bin $(SYSTEMD_DIR)
+	ln -sfn $(INSTALL_DIR)/bin/s3mount $(PREFIX)/bin/s3mount
+	sed 's|/usr/local/bin/s3mount|$(PREFIX)/bin/s3mount|g' systemd/s3mount@.service \
+	  > $(SYSTEMD_DIR)/.s3mount@.service.tmp
+	chmod 644 $(SYSTEMD_DIR)/.s3mount@.service.tmp
+	mv -f $(SYSTEMD_DIR)/.s3mount@.service.tmp $(SYSTEMD_DIR)/s3mount@.service
+	@if [ -d $(SYSTEMD_RUNTIME_DIR) ]; then \
+	  echo "$(SYSTEMCTL) daemon-reload"; $(SYSTEMCTL) daemon-reload; \
+	else \
+	  echo "install: systemd is not running here, no daemon-reload"; \
+	fi
+	@echo "install: next: /etc/s3mount/mnt-s3.env (systemd/example.env), then"
+	@echo "  systemctl enable --now s3mount@mnt-s3.service    # mounts at /mnt/s3"
 
 # Unmount first (a busy mount is detached lazily) so that rm never walks into the bucket.
 demo-stop:

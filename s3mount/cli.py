@@ -25,7 +25,7 @@ from .errors import QuietError
 
 log = logging.getLogger(__name__)
 
-SUBCOMMANDS = ("etag", "uploads")
+SUBCOMMANDS = ("etag", "uploads", "status")
 READY_TIMEOUT = 60.0  # seconds the parent waits for the detached child to report
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,254}$")
@@ -80,8 +80,9 @@ def split_bucket(spec: str, prefix_opt: str | None) -> tuple[str, str]:
 
 def mount_parser() -> Parser:
     p = Parser(prog="s3mount", description="Mount an S3 bucket (or a prefix of it) with FUSE. "
-               "Subcommands: s3mount etag FILE|- (print the ETag a stream gets); s3mount uploads "
-               "list|abort BUCKET (incomplete multipart uploads).")
+               "Subcommands: s3mount etag FILE|- (print the ETag a stream gets); s3mount "
+               "uploads list|abort BUCKET (incomplete multipart uploads); s3mount status "
+               "MOUNTPOINT (uploads in flight).")
     p.add_argument("bucket", help="BUCKET or s3://BUCKET/PREFIX/")
     p.add_argument("mountpoint", nargs="?", help="an existing, empty directory")
     p.add_argument("--version", action="version", version=f"s3mount {__version__}")
@@ -372,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "etag":
             return etag_main(args[1:])
+        if args and args[0] == "status":
+            from .status import status_main
+
+            return status_main(args[1:])
         if args and args[0] == "uploads":
             from .admin import uploads_main
 

@@ -12,10 +12,12 @@ import signal
 import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pyfuse3
 import trio
 
+from . import status
 from .config import Config
 from .errors import QuietError
 from .fs import S3Fs
@@ -65,6 +67,8 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         n = await abort_stale(store, config.prefix, config.abort_stale_uploads)
         log.info("aborted %d stale multipart upload(s) older than %.0f s", n,
                  config.abort_stale_uploads)
+    # Before mounting: once mounted, looking at the mountpoint is a request to ourselves.
+    status_path = status.socket_path(config.mountpoint)
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         fs = S3Fs(config, store, nursery)
@@ -76,6 +80,7 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         stack.callback(_close_fuse)
         stack.push_async_callback(fs.shutdown)
         log.info("mounted s3://%s/%s on %s", config.bucket, config.prefix, config.mountpoint)
+        nursery.start_soon(_status_socket, config, fs, status_path)
         ready()
         notify_systemd("READY=1")
         main_done = trio.CancelScope()
@@ -83,6 +88,20 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         with main_done:
             await pyfuse3.main()
         notify_systemd("STOPPING=1")
+
+
+async def _status_socket(config: Config, fs: S3Fs, path: Path) -> None:
+    """Serve `s3mount status`; a mount without it still works."""
+    errors = status.RecentErrors()
+    logging.getLogger().addHandler(errors)
+    started = trio.current_time()
+    try:
+        await status.serve(path, lambda: status.snapshot(config, fs.uploads, started, errors))
+    except OSError as exc:
+        log.warning("no status socket at %s (%s): `s3mount status` will not answer", path,
+                    exc)
+    finally:
+        logging.getLogger().removeHandler(errors)
 
 
 def _close_fuse() -> None:

@@ -371,6 +371,7 @@ class Uploads:
         self.part_slots = trio.Semaphore(config.upload_concurrency)
         self.hashers = trio.CapacityLimiter(2)
         self.active: dict[int, Upload] = {}
+        self.completed = self.completed_bytes = self.failed = 0  # since the mount started
 
     def algorithm(self) -> Algorithm | None:
         """The additional checksum new uploads use: the chosen one, else CRC32C once the
@@ -398,7 +399,12 @@ class Uploads:
         return up
 
     def forget(self, up: Upload) -> None:
-        self.active.pop(id(up), None)
+        if self.active.pop(id(up), None) is not None:
+            if up.state == "done":
+                self.completed += 1
+                self.completed_bytes += up.bytes_written
+            else:
+                self.failed += 1
         if not self.active:
             self.budget.trim()
 

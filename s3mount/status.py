@@ -1,0 +1,180 @@
+"""`s3mount status MOUNTPOINT`: what a running mount is doing, from its control socket.
+
+Each mount listens on a unix socket private to the mounting user (mode 0600, in
+/run/s3mount as root, else $XDG_RUNTIME_DIR/s3mount or /tmp/s3mount-UID), named after a hash of
+the mountpoint. A client connects and reads one JSON document: every upload in flight (key,
+bytes written, bytes uploaded and verified, parts, rate, time left to drain), totals since the
+mount started, the write budget, and the last errors logged. No secrets are in it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import QuietError
+from .schedule import human_size
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .writer import Uploads
+
+log = logging.getLogger(__name__)
+RECENT_ERRORS = 20
+BAR = 30
+
+
+def socket_path(mountpoint: str) -> Path:
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    if os.getuid() == 0:
+        base = Path("/run/s3mount")
+    elif runtime := os.environ.get("XDG_RUNTIME_DIR"):
+        base = Path(runtime) / "s3mount"
+    else:
+        base = Path(f"/tmp/s3mount-{os.getuid()}")
+    return base / f"{digest}.sock"
+
+
+class RecentErrors(logging.Handler):
+    """Keeps the last ERROR lines for the status view."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: collections.deque[str] = collections.deque(maxlen=RECENT_ERRORS)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        self.lines.append(f"{stamp} {record.getMessage()}")
+
+
+def snapshot(config: Config, uploads: Uploads, started: float,
+             errors: RecentErrors) -> dict[str, Any]:
+    now = time.monotonic()
+    items = []
+    for up in uploads:
+        elapsed = max(now - up.started, 1e-6)
+        rate = up.bytes_uploaded / elapsed
+        backlog = up.bytes_written - up.bytes_uploaded
+        items.append({
+            "key": up.key, "state": up.state, "bytes_written": up.bytes_written,
+            "bytes_uploaded": up.bytes_uploaded, "parts_started": up.parts_started,
+            "parts_uploaded": len(up.etags), "elapsed_s": round(elapsed, 1),
+            "rate_bytes_s": round(rate), "drain_s": round(backlog / rate, 1) if rate else None,
+        })
+    budget = uploads.budget
+    return {
+        "bucket": config.bucket, "prefix": config.prefix, "mountpoint": config.mountpoint,
+        "pid": os.getpid(), "uptime_s": round(time.monotonic() - started, 1),
+        "uploads": items,
+        "totals": {"in_flight": len(items), "completed": uploads.completed,
+                   "completed_bytes": uploads.completed_bytes, "failed": uploads.failed},
+        "write_memory": {"budget": budget.capacity, "used": budget.used, "peak": budget.peak},
+        "recent_errors": list(errors.lines),
+    }
+
+
+async def serve(path: Path, make_doc: Callable[[], dict[str, Any]]) -> None:
+    """Answer each connection on `path` with the current snapshot; runs until cancelled."""
+    import trio
+
+    _prepare(path)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(8)
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(json.dumps(make_doc()).encode())
+
+    try:
+        await trio.serve_listeners(answer, [trio.SocketListener(sock)])
+    finally:
+        _remove(path)
+
+
+def _prepare(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _remove(path)  # left by a mount that was killed
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def fetch(mountpoint: str) -> dict[str, Any]:
+    path = socket_path(mountpoint)
+    if not os.path.ismount(mountpoint):
+        raise QuietError(f"{mountpoint} is not a mount point", 6)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(path))
+            data = b"".join(iter(lambda: s.recv(65536), b""))
+    except OSError as exc:
+        raise QuietError(f"no s3mount answers for {mountpoint} ({path}: {exc.strerror}); "
+                         "is it an s3mount mount of this user?", 6) from None
+    doc: dict[str, Any] = json.loads(data)
+    return doc
+
+
+def _bar(done: int, total: int) -> str:
+    filled = BAR if total <= 0 else min(BAR, BAR * done // total)
+    return "[" + "#" * filled + "." * (BAR - filled) + "]"
+
+
+def render(doc: dict[str, Any]) -> str:
+    t = doc["totals"]
+    mem = doc["write_memory"]
+    lines = [f"s3://{doc['bucket']}/{doc['prefix']} on {doc['mountpoint']} (pid {doc['pid']}, "
+             f"up {doc['uptime_s']:.0f} s)",
+             f"uploads: {t['in_flight']} in flight, {t['completed']} completed "
+             f"({human_size(t['completed_bytes'])}), {t['failed']} failed; write memory "
+             f"{human_size(mem['used'])} of {human_size(mem['budget'])} "
+             f"(peak {human_size(mem['peak'])})"]
+    for u in doc["uploads"]:
+        drain = "-" if u["drain_s"] is None else f"{u['drain_s']:.0f} s"
+        lines.append(f"  {u['key']}  ({u['state']})")
+        lines.append(f"    {_bar(u['bytes_uploaded'], u['bytes_written'])} "
+                     f"{human_size(u['bytes_uploaded'])} of {human_size(u['bytes_written'])} "
+                     f"uploaded and verified, parts {u['parts_uploaded']}/"
+                     f"{u['parts_started']}, {human_size(u['rate_bytes_s'])}/s, "
+                     f"drains in {drain}")
+    if doc["recent_errors"]:
+        lines.append("recent errors:")
+        lines += [f"  {e}" for e in doc["recent_errors"]]
+    return "\n".join(lines)
+
+
+def status_main(argv: Sequence[str]) -> int:
+    from .cli import Parser
+
+    p = Parser(prog="s3mount status", description="Show what a running mount is doing: "
+               "uploads in flight with progress, totals, memory, recent errors.")
+    p.add_argument("mountpoint")
+    p.add_argument("--json", action="store_true", help="print the raw JSON document")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="refresh every SECONDS until interrupted")
+    ns = p.parse_args(argv)
+    mountpoint = os.path.abspath(ns.mountpoint)
+    while True:
+        doc = fetch(mountpoint)
+        text = json.dumps(doc, indent=2) if ns.json else render(doc)
+        if ns.watch:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        print(text, flush=True)
+        if not ns.watch:
+            return 0
+        time.sleep(ns.watch)

@@ -48,13 +48,22 @@ def notify_systemd(state: str) -> None:
         sock.sendall(state.encode())
 
 
-async def _signals(cancel: trio.CancelScope) -> None:
+async def _signals(cancel: trio.CancelScope, fs: S3Fs) -> None:
+    """First SIGTERM/SIGINT: unmount, letting closed files finish uploading. Second: abort
+    every upload still in flight too, so the process exits now."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        first = True
         async for signum in received:
-            log.info("received %s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            cancel.cancel()
-            return
+            name = signal.Signals(signum).name
+            if first:
+                first = False
+                log.info("received %s: unmounting; closed files finish uploading (send it "
+                         "again to abort them)", name)
+                pyfuse3.terminate()
+                cancel.cancel()
+            else:
+                n = await fs.uploads.abort_all(f"aborted: {name} received twice")
+                log.warning("received %s again: aborted %d upload(s) in flight", name, n)
 
 
 async def serve(config: Config, ready: Callable[[], None]) -> None:
@@ -84,7 +93,7 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         ready()
         notify_systemd("READY=1")
         main_done = trio.CancelScope()
-        nursery.start_soon(_signals, main_done)
+        nursery.start_soon(_signals, main_done, fs)
         with main_done:
             await pyfuse3.main()
         notify_systemd("STOPPING=1")

@@ -416,6 +416,13 @@ class Uploads:
     def __iter__(self) -> Iterator[Upload]:
         return iter(list(self.active.values()))
 
+    async def abort_all(self, reason: str) -> int:
+        """Abort every upload, completing ones too (a second SIGTERM); returns how many."""
+        ups = [up for up in self if up.state in ("open", "completing")]
+        for up in ups:
+            await up.abort(reason)
+        return len(ups)
+
     async def shutdown(self) -> None:
         """Completing uploads finish; uploads still open (never closed) are aborted."""
         for up in self:

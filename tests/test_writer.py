@@ -183,6 +183,34 @@ async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucke
     assert sorted(keys(s3, bucket)) == sorted(payloads)
 
 
+async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, bucket: str,
+                                                     nursery: trio.Nursery) -> None:
+    """A second SIGTERM: uploads still completing (closed, parts in flight) are aborted."""
+    store = FaultyStore(S3Store(config))
+    store.part_delay = 1.0
+    mgr = uploads(config, nursery, store)
+    up = mgr.start("slow.bin", Node(2, "slow.bin", "file"))
+    await write_all(up, os.urandom(2 * P + 1))
+    outcome: list[BaseException | None] = []
+
+    async def close() -> None:
+        try:
+            await up.complete()
+            outcome.append(None)
+        except FsError as exc:
+            outcome.append(exc)
+
+    nursery.start_soon(close)
+    await trio.sleep(0.2)
+    assert up.state == "completing"
+    assert await mgr.abort_all("aborted: SIGTERM received twice") == 1
+    await up.done.wait()
+    await trio.sleep(0.1)
+    assert up.state == "failed" and isinstance(outcome[0], FsError)
+    assert keys(s3, bucket) == [] and open_uploads(s3, bucket) == []
+    assert mgr.failed == 1 and mgr.completed == 0
+
+
 async def test_shutdown_aborts_open_uploads(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery) -> None:
     mgr = uploads(config, nursery)

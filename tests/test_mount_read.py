@@ -612,3 +612,13 @@ def test_object_changed_under_reader_gives_eio(mount_factory: Callable[..., Moun
         assert os.pread(fd, MiB, 90 * MiB) == new[90 * MiB:91 * MiB]
     finally:
         os.close(fd)
+
+
+def test_kernel_reads_ahead_a_mebibyte(mounted: Mount) -> None:
+    """As root the mount raises its read-ahead to 1 MiB (FUSE's largest read request)."""
+    dev = os.stat(mounted.path).st_dev
+    bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    deadline = time.monotonic() + 10
+    while bdi.read_text().strip() != "1024":
+        assert time.monotonic() < deadline, bdi.read_text()
+        time.sleep(0.1)

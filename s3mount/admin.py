@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .errors import QuietError
+from .errors import QuietError, StoreError
 from .schedule import human_size
 from .store import S3Store, UploadInfo
 
@@ -92,7 +92,11 @@ def uploads_main(argv: Sequence[str]) -> int:
     for o in ns.options or []:
         mount_args += ["-o", o]
     config = build_config(parse_mount_args(mount_args)[0])
-    return trio.run(_run, config, ns.action, ns.older_than or 0.0)
+    logging.basicConfig(level=logging.ERROR, format="s3mount: %(message)s")
+    try:
+        return trio.run(_run, config, ns.action, ns.older_than or 0.0)
+    except StoreError as exc:
+        raise QuietError(f"{exc}", 5) from None
 
 
 async def _run(config: object, action: str, older_than: float) -> int:

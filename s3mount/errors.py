@@ -57,3 +57,11 @@ class IntegrityError(FsError):
     """S3 answered, but what it holds is not what we sent (ETag mismatch)."""
 
     errno_ = errno.EIO
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first of our errors inside (nested) exception groups from a nursery, so that a
+    failure in concurrent work reaches the caller as the one error it is."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = next((e for e in exc.exceptions if isinstance(e, FsError)), exc.exceptions[0])
+    return exc

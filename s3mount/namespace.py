@@ -16,6 +16,7 @@ from typing import Literal
 
 import trio
 
+from .errors import first_error
 from .keys import KeyMap
 from .store import ListPage, ObjectInfo, Store
 
@@ -52,12 +53,15 @@ class Namespace:
         async def run(name: str, fn: object) -> None:
             found[name] = await fn  # type: ignore[misc]
 
-        async with trio.open_nursery() as n:
-            n.start_soon(run, "file", self.store.head(self.keys.file_key(path)))
-            n.start_soon(run, "below", self.store.list_page(self.keys.dir_prefix(path), None,
-                                                            None, 1))
-            if self.keys.dir_suffix != "/":
-                n.start_soon(run, "marker", self.store.head(self.keys.marker_key(path)))
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(run, "file", self.store.head(self.keys.file_key(path)))
+                n.start_soon(run, "below", self.store.list_page(
+                    self.keys.dir_prefix(path), None, None, 1))
+                if self.keys.dir_suffix != "/":
+                    n.start_soon(run, "marker", self.store.head(self.keys.marker_key(path)))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         below = found["below"]
         marker = found.get("marker")
         assert isinstance(below, ListPage)

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .config import S3_MAX_PUT
-from .errors import FsError, IntegrityError, StoreError
+from .errors import FsError, IntegrityError, StoreError, first_error
 from .etag import etag_is_md5
 from .store import ObjectInfo, Store
 
@@ -39,14 +39,6 @@ EMPTY_MD5 = bytes.fromhex("d41d8cd98f00b204e9800998ecf8427e")
 def _unverifiable(key: str, why: str) -> FsError:
     return FsError(f"{key}: a server-side copy could not be verified ({why}); refused "
                    "with EXDEV, so mv copies through the mount instead", errno.EXDEV)
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """The first of our errors inside (nested) exception groups from a nursery."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = next((e for e in exc.exceptions if isinstance(e, FsError | StoreError)),
-                   exc.exceptions[0])
-    return exc
 
 
 def parts_of(etag: str) -> int:

@@ -46,7 +46,8 @@ _TRANSIENT = {
     "503", "504",
 }
 _NETWORK_ERRORS = (
-    botocore.exceptions.ConnectionError,  # endpoint, connect timeout, connection closed
+    botocore.exceptions.ConnectionError,  # endpoint refused, connect timeout, proxy
+    botocore.exceptions.HTTPClientError,  # connection closed or reset mid-request, timeouts
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.ResponseStreamingError,

@@ -171,3 +171,29 @@ def test_malformed_answers_are_errors_not_crashes() -> None:
         stop.set()
         t.join(5)
         srv.close()
+
+
+def test_short_outage_stalls_the_writer_then_finishes(mount_factory: Callable[..., Mount],
+                                                      proxy: FaultProxy, s3: Any, bucket: str,
+                                                      source: Path) -> None:
+    """An 8 s outage in the middle of a dd: parts are retried (backoff), the writer waits on
+    the write budget meanwhile, and the object verifies in the end."""
+    import threading
+    import time
+
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+
+    def outage() -> None:
+        while proxy.counts["requests"] < 4:  # the upload is under way
+            time.sleep(0.05)
+        proxy.blackout_until = time.monotonic() + 8
+
+    t = threading.Thread(target=outage, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    assert dd(source, m.path / "o.bin").returncode == 0
+    t.join(5)
+    assert time.monotonic() - t0 >= 8  # it did wait out the outage
+    assert proxy.counts["resets"] > 0
+    assert s3.head_object(Bucket=bucket, Key="o.bin")["ETag"].strip('"') == etag_of(source)
+    assert open_uploads(s3, bucket) == []

@@ -35,7 +35,7 @@ DEMO_ENV = eval "$$($(BIN)/python -m tests.seaweed env --state-dir $(DEMO))"
 export PYTHON_H_PRESENT := import os, sys, sysconfig; \
   sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 
-.PHONY: help deps venv test lint demo demo-stop bench install clean
+.PHONY: help deps venv test lint demo demo-stop bench soak install clean
 
 help:
 	@echo "make test       install what is missing (apt, .venv), then run pytest"
@@ -43,6 +43,7 @@ help:
 	@echo "make demo       start SeaweedFS, seed $(DEMO_BUCKET), mount it at $(DEMO_MNT)"
 	@echo "make demo-stop  unmount, stop the server, remove $(DEMO)"
 	@echo "make bench      run bench/run.py"
+	@echo "make soak       writers and readers behind the fault proxy; docs/reliability.md"
 	@echo "make deps       apt-get install $(APT_PACKAGES) if missing"
 	@echo "make venv       create $(VENV) with the package and its test, lint and bench extras"
 	@echo "make install    pip install . into $(INSTALL_DIR), link $(PREFIX)/bin/s3mount,"
@@ -84,6 +85,10 @@ lint: deps venv
 
 bench: deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+SOAK_ARGS ?=
+soak: deps venv
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 demo: deps venv
 	@if [ -e $(DEMO) ]; then \

@@ -10,6 +10,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd
+# What `make bench` compares s3mount with; `make test` does not need them.
+BENCH_APT_PACKAGES := s3fs rclone
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PYTEST_ARGS ?=
@@ -42,7 +44,9 @@ help:
 	@echo "make lint       ruff check and mypy --strict"
 	@echo "make demo       start SeaweedFS, seed $(DEMO_BUCKET), mount it at $(DEMO_MNT)"
 	@echo "make demo-stop  unmount, stop the server, remove $(DEMO)"
-	@echo "make bench      run bench/run.py"
+	@echo "make bench      s3mount side by side with s3fs, rclone and boto3 (bench/run.py,"
+	@echo "                ~15 min; BENCH_ARGS=--quick to try it); apt-get installs"
+	@echo "                $(BENCH_APT_PACKAGES) if missing"
 	@echo "make soak       writers and readers behind the fault proxy; docs/reliability.md"
 	@echo "make deps       apt-get install $(APT_PACKAGES) if missing"
 	@echo "make venv       create $(VENV) with the package and its test, lint and bench extras"
@@ -83,7 +87,22 @@ lint: deps venv
 	$(BIN)/ruff check $(RUFF_PATHS)
 	$(BIN)/mypy $(MYPY_PATHS)
 
-bench: deps venv
+bench-deps:
+	@missing=""; \
+	for pkg in $(BENCH_APT_PACKAGES); do \
+	  dpkg -s "$$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
+	    || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+	  echo "bench-deps: all present"; \
+	else \
+	  echo "bench-deps: installing$$missing"; \
+	  $(SUDO) apt-get update -q; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+bench: deps bench-deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 SOAK_ARGS ?=

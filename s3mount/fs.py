@@ -23,7 +23,7 @@ from .config import Config, MiB
 from .errors import FsError
 from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
 from .inodes import InodeTable, Node
-from .keys import KeyMap, decode_name, join, parent_of, valid_name
+from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
 from .namespace import Entry, Namespace
 from .reader import ReadBudget, Reader
 from .renamer import Renamer
@@ -108,6 +108,9 @@ class S3Fs(pyfuse3.Operations):
             return parent.path
         if name == "..":
             return parent_of(parent.path)
+        if len(raw) > NAME_MAX:  # the kernel leaves this check to the filesystem
+            raise FsError(f"name {name[:40]!r}... is {len(raw)} bytes; a file name may have "
+                          f"at most {NAME_MAX} bytes", errno.ENAMETOOLONG)
         if not valid_name(name):
             raise FsError(f"{name!r} is not a valid name", errno.EINVAL)
         return join(parent.path, name)
@@ -153,7 +156,7 @@ class S3Fs(pyfuse3.Operations):
         try:
             path = self._path(parent_inode, name)
         except FsError as exc:
-            if exc.errno_ != errno.EINVAL:
+            if exc.errno_ not in (errno.EINVAL, errno.ENAMETOOLONG):
                 raise
             raise _not_found(name.decode(errors="replace")) from None
         node = await self.resolve(path)
@@ -288,6 +291,11 @@ class S3Fs(pyfuse3.Operations):
             raise FsError(f"{path!r} is not a directory", errno.ENOTDIR)
         if not await self.ns.is_empty(path) or self.uploads.nodes_in(path):
             raise FsError(f"{path!r} is not empty", errno.ENOTEMPTY)
+        marker = await self.store.head(self.keys.marker_key(path))
+        if marker is not None and marker.size > 0:
+            raise FsError(f"{path!r}: its marker object {marker.key!r} holds {marker.size} "
+                          "bytes that the mount does not show; not deleting them (delete the "
+                          "object with an S3 client if they are not needed)", errno.ENOTEMPTY)
         await self.store.delete(self.keys.marker_key(path))
         self.inodes.detach(node)
         self.inodes.set_missing(path)
@@ -381,6 +389,31 @@ class S3Fs(pyfuse3.Operations):
             await self.renamer.move_file(marker, self.keys.marker_key(new))
         elif not await self.ns.stat(new):
             await self.store.put(self.keys.marker_key(new), b"", _EMPTY_MD5)
+
+    # -- what S3 cannot store: one log line each, and EPERM, which symlink(2), link(2) and
+    # mknod(2) give on a filesystem without them (left unimplemented, FUSE would say ENOSYS)
+
+    @_fuse_errors
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                      target: pyfuse3.FileNameT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise FsError(f"symlink {name.decode(errors='replace')!r}: S3 has no symbolic links; "
+                      "copy the file instead", errno.EPERM)
+
+    @_fuse_errors
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
+                   new_name: pyfuse3.FileNameT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise FsError(f"hard link {new_name.decode(errors='replace')!r} to "
+                      f"{self.inodes.get(inode).path!r}: S3 has no hard links; copy the file "
+                      "instead", errno.EPERM)
+
+    @_fuse_errors
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
+                    rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise FsError(f"mknod {name.decode(errors='replace')!r} (mode {mode:o}): S3 cannot "
+                      "store FIFOs, sockets or device nodes; create regular files with "
+                      "open(O_CREAT)", errno.EPERM)
 
     def _pin_parent(self, parent_inode: int) -> None:
         """Removing an entry must not make an implicit parent directory vanish."""

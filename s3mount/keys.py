@@ -73,11 +73,10 @@ class KeyMap:
     def child_name(self, dir_path: str, key: str) -> str | None:
         """The entry name `key` gives inside directory `dir_path` (a file key, or a common
         prefix ending in "/"), or None when it is no valid name (hidden, logged at debug)."""
-        rest = key[len(self.dir_prefix(dir_path)):]
-        if rest.endswith("/"):
-            rest = rest[:-1]
+        raw = key[len(self.dir_prefix(dir_path)):]
+        rest = raw[:-1] if raw.endswith("/") else raw
         if not valid_name(rest):
-            if rest:  # the directory's own marker is expected, not worth a line
+            if raw:  # not for the directory's own marker (expected); `d//` (raw "/") is
                 log.debug("hiding key %r: not a valid file name", key)
             return None
         return rest

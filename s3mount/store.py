@@ -291,7 +291,14 @@ class S3Store:
                 raise botocore.exceptions.IncompleteReadError(
                     actual_bytes=len(data), expected_bytes=end - start)
             return data
-        return await self._read_call(f"GET {key} [{start}, {end})", call)  # type: ignore[no-any-return]
+        what = f"GET {key} [{start}, {end})"
+        try:
+            return await self._read_call(what, call)  # type: ignore[no-any-return]
+        except NoSuchKey:
+            # An open file whose object is gone: EIO, as when it changed (ENOENT means nothing
+            # to read(2)), and logged as an error, not as the debug line of a failed lookup.
+            raise PreconditionFailed(f"{what}: the object was deleted while the file was "
+                                     "open; bytes not yet read cannot be read") from None
 
     async def put(self, key: str, body: Body, md5: bytes,
                   checksum: Extra | None = None) -> Sent:

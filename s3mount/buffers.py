@@ -1,4 +1,4 @@
-"""Part buffers and the global write budget that bounds them.
+"""Buffers and the budgets that bound them: part buffers for writes, chunk buffers for reads.
 
 A part buffer is an anonymous mapping, so only the bytes written are resident. A whole part
 is paid for from the `WriteBudget` (`--max-memory`) before its first byte is written, so a
@@ -10,6 +10,10 @@ uploaded, no byte written anywhere for a grace period), nothing would ever free 
 part (a fresh mapping costs a page fault per 4 KiB: 0.9 s of CPU per GiB written, measured,
 against 0.04 s for a reused one) as long as buffers in use plus kept stay within the budget;
 `trim` drops the kept ones when no upload is active.
+
+Read chunks come from the `ReadBudget` (`--read-memory`) the same way: anonymous mappings that
+a GET body is read straight into, kept for reuse within the budget. Prefetching takes room
+only when there is some; the bytes a read is waiting for are always taken.
 """
 
 from __future__ import annotations
@@ -45,6 +49,45 @@ def _close(mem: mmap.mmap) -> None:
         log.debug("a part buffer was still referenced when freed")
 
 
+class KeptBuffers:
+    """Freed buffers (anonymous mappings) kept by size for the next user: a fresh mapping
+    costs a page fault per 4 KiB. The owner says how much `room` its budget has left; kept
+    buffers never take more than that."""
+
+    def __init__(self) -> None:
+        self._by_size: dict[int, list[mmap.mmap]] = {}
+        self.bytes = 0
+
+    def get(self, size: int, room: int) -> mmap.mmap:
+        """A buffer of `size` bytes (already paid for): a kept one if there is one of that
+        size, else a new mapping, after dropping kept ones that no longer fit in `room`."""
+        if stack := self._by_size.get(size):
+            self.bytes -= size
+            return stack.pop()
+        while self.bytes and self.bytes > room:
+            self._drop_one()
+        return mmap.mmap(-1, size)
+
+    def put(self, mem: mmap.mmap, room: int) -> None:
+        """Keep `mem` if it fits in `room` (bytes its budget has free) and nothing still
+        views it; unmap it otherwise."""
+        if self.bytes + len(mem) <= room and _unexported(mem):
+            self._by_size.setdefault(len(mem), []).append(mem)
+            self.bytes += len(mem)
+        else:
+            _close(mem)
+
+    def trim(self) -> None:
+        """Unmap every kept buffer."""
+        while self.bytes:
+            self._drop_one()
+
+    def _drop_one(self) -> None:
+        size = next(s for s, stack in self._by_size.items() if stack)
+        _close(self._by_size[size].pop())
+        self.bytes -= size
+
+
 class WriteBudget:
     """Bytes of part buffers all uploads may hold together; `acquire` waits for room."""
 
@@ -56,8 +99,7 @@ class WriteBudget:
         self.written = 0  # bytes written into parts, ever: shows that writers make progress
         self.stall_grace = stall_grace
         self._lot = trio.lowlevel.ParkingLot()
-        self._kept: dict[int, list[mmap.mmap]] = {}  # freed buffers by size, for reuse
-        self.kept_bytes = 0
+        self.kept = KeptBuffers()
 
     async def acquire(self, n: int, who: str = "") -> int:
         """Take `n` bytes (at most the whole budget); returns what was taken, to give back
@@ -90,33 +132,21 @@ class WriteBudget:
         self.in_flight += n
         self._lot.unpark_all()
 
+    @property
+    def kept_bytes(self) -> int:
+        return self.kept.bytes
+
     def buffer(self, size: int) -> mmap.mmap:
-        """A buffer of `size` bytes, already paid for with `acquire`: a kept one if there is
-        one of that size, else a new mapping (after dropping kept ones that no longer fit)."""
-        if stack := self._kept.get(size):
-            self.kept_bytes -= size
-            return stack.pop()
-        while self.kept_bytes and self.used + self.kept_bytes > self.capacity:
-            self._drop_one()
-        return mmap.mmap(-1, size)
+        """A buffer of `size` bytes, already paid for with `acquire`."""
+        return self.kept.get(size, room=self.capacity - self.used)
 
     def recycle(self, mem: mmap.mmap) -> None:
         """Take back a buffer whose bytes were released with `release`."""
-        if self.used + self.kept_bytes + len(mem) <= self.capacity and _unexported(mem):
-            self._kept.setdefault(len(mem), []).append(mem)
-            self.kept_bytes += len(mem)
-        else:
-            _close(mem)
+        self.kept.put(mem, room=self.capacity - self.used)
 
     def trim(self) -> None:
         """Unmap every kept buffer (nothing is being written)."""
-        while self.kept_bytes:
-            self._drop_one()
-
-    def _drop_one(self) -> None:
-        size = next(s for s, stack in self._kept.items() if stack)
-        _close(self._kept[size].pop())
-        self.kept_bytes -= size
+        self.kept.trim()
 
 
 class PartBody(io.RawIOBase):
@@ -184,3 +214,43 @@ class Part:
         budget.release(self.taken, in_flight=self.shipped)
         self.taken = 0
         budget.recycle(self.mem)
+
+
+READ_BUFFER_MIN = 128 * 1024
+
+
+def read_buffer_size(n: int) -> int:
+    """Chunk buffers come in powers of two from 128 KiB, so that freed ones fit the next."""
+    size = READ_BUFFER_MIN
+    while size < n:
+        size *= 2
+    return size
+
+
+class ReadBudget:
+    """Bytes of chunk buffers all readers hold together, fetched or being fetched."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self.readers = 0  # open readers; with none, kept buffers are unmapped
+        self.kept = KeptBuffers()
+
+    def take(self, n: int, force: bool = False) -> mmap.mmap | None:
+        """A buffer of at least `n` bytes, or None when it does not fit (unless `force`)."""
+        size = read_buffer_size(n)
+        if not force and self.used + size > self.capacity:
+            return None
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return self.kept.get(size, room=self.capacity - self.used)
+
+    def give(self, mem: mmap.mmap) -> None:
+        self.used -= len(mem)
+        self.kept.put(mem, room=self.capacity - self.used)
+        self.trim_if_idle()
+
+    def trim_if_idle(self) -> None:
+        if not self.readers and not self.used:
+            self.kept.trim()

@@ -19,13 +19,14 @@ from typing import Any, ParamSpec, TypeVar, cast
 import pyfuse3
 import trio
 
+from .buffers import ReadBudget
 from .config import Config, MiB
 from .errors import FsError
 from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
 from .inodes import InodeTable, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
 from .namespace import Entry, Namespace
-from .reader import ReadBudget, Reader
+from .reader import Reader
 from .renamer import Renamer
 from .store import Store
 from .writer import Uploads

@@ -3,18 +3,22 @@
 Each reader keeps a contiguous run of chunks (fetched or in flight) starting at or before the
 current offset. A read at the end of the previous one is sequential: the window doubles up to
 `max_window` and chunks are prefetched that far ahead, in parallel. Any other read resets the
-window and fetches just what was asked. Prefetched bytes across all readers are bounded by a
-shared `ReadBudget`; bytes a read is waiting for are always fetched, budget or not.
+window and fetches just what was asked. Each chunk's GET body is read straight into a buffer
+from the shared `ReadBudget` (buffers.py), which bounds prefetching across all readers; bytes a
+read is waiting for are always fetched, budget or not. A chunk's buffer goes back only once its
+GET has ended, so a discarded chunk still being fetched counts against the budget.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 from collections import deque
 from dataclasses import dataclass, field
 
 import trio
 
+from .buffers import ReadBudget
 from .config import MiB
 from .store import Store
 
@@ -24,34 +28,16 @@ INITIAL_WINDOW = 1 * MiB
 MAX_CHUNK = 8 * MiB
 
 
-class ReadBudget:
-    """Bytes of prefetched data all readers may hold together."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-
-    def try_take(self, n: int) -> bool:
-        if self.used + n > self.capacity:
-            return False
-        self.used += n
-        return True
-
-    def force_take(self, n: int) -> None:
-        self.used += n
-
-    def give(self, n: int) -> None:
-        self.used -= n
-
-
 @dataclass(eq=False)
 class Chunk:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    data: bytes | None = None
+    mem: mmap.mmap | None = None  # the buffer, from the ReadBudget
     error: BaseException | None = None
+    fetching: bool = True
+    discarded: bool = False
 
 
 class Reader:
@@ -68,6 +54,8 @@ class Reader:
         # once would compete with the bytes it waits for (time to first byte 27 -> 12 ms).
         self.last_end = -1
         self.lock = trio.Lock()
+        budget.readers += 1
+        self.closed = False
 
     async def read(self, off: int, size: int) -> bytes:
         async with self.lock:
@@ -91,6 +79,10 @@ class Reader:
 
     def close(self) -> None:
         self._reset(0)
+        if not self.closed:
+            self.closed = True
+            self.budget.readers -= 1
+            self.budget.trim_if_idle()
 
     def _covers(self, off: int) -> bool:
         return bool(self.chunks) and self.chunks[0].start <= off < self.next_start
@@ -106,8 +98,14 @@ class Reader:
 
     def _discard(self, chunk: Chunk) -> None:
         chunk.scope.cancel()
-        chunk.data = None
-        self.budget.give(chunk.end - chunk.start)
+        chunk.discarded = True
+        if not chunk.fetching:
+            self._free(chunk)
+
+    def _free(self, chunk: Chunk) -> None:
+        if chunk.mem is not None:
+            mem, chunk.mem = chunk.mem, None
+            self.budget.give(mem)
 
     def _schedule(self, target: int, prefetch: bool) -> None:
         """Start fetching chunks until the run reaches `target` (or the budget says stop)."""
@@ -117,24 +115,27 @@ class Reader:
             start = self.next_start
             end = min(self.size, start + step) if prefetch else min(self.size, max(
                 target, start + 128 * 1024))
-            if prefetch:
-                if not self.budget.try_take(end - start):
-                    return
-            else:
-                self.budget.force_take(end - start)
-            chunk = Chunk(start, end)
+            mem = self.budget.take(end - start, force=not prefetch)
+            if mem is None:
+                return
+            chunk = Chunk(start, end, mem=mem)
             self.chunks.append(chunk)
             self.next_start = end
             self.nursery.start_soon(self._fetch, chunk)
 
     async def _fetch(self, chunk: Chunk) -> None:
+        assert chunk.mem is not None
         with chunk.scope:
             try:
-                chunk.data = await self.store.get_range(self.key, chunk.start, chunk.end,
-                                                        self.etag)
+                await self.store.get_range(self.key, chunk.start,
+                                           memoryview(chunk.mem)[:chunk.end - chunk.start],
+                                           self.etag)
             except Exception as exc:  # noqa: BLE001 - handed to the read that needs it
                 chunk.error = exc
+        chunk.fetching = False
         chunk.done.set()
+        if chunk.discarded:
+            self._free(chunk)
 
     async def _collect(self, off: int, end: int) -> bytes:
         parts: list[memoryview] = []
@@ -147,8 +148,10 @@ class Reader:
             if chunk.error is not None:
                 self._reset(self.next_start)
                 raise chunk.error
-            assert chunk.data is not None
-            view = memoryview(chunk.data)
-            parts.append(view[max(off, chunk.start) - chunk.start: min(end, chunk.end)
-                              - chunk.start])
-        return b"".join(parts)
+            assert chunk.mem is not None
+            parts.append(memoryview(chunk.mem)[max(off, chunk.start) - chunk.start:
+                                               min(end, chunk.end) - chunk.start])
+        data = b"".join(parts)
+        for view in parts:
+            view.release()
+        return data

@@ -103,7 +103,7 @@ class Store(Protocol):
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None: ...
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage: ...
-    async def get_range(self, key: str, start: int, end: int, etag: str) -> bytes: ...
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None: ...
     async def put(self, key: str, body: Body, md5: bytes,
                   checksum: Extra | None = None) -> Sent: ...
     async def create_upload(self, key: str, algorithm: Algorithm | None = None) -> Started: ...
@@ -123,6 +123,24 @@ class Store(Protocol):
 Extra = tuple[Algorithm, str]
 # A part for CompleteMultipartUpload: number, ETag, and the additional checksum it was sent with.
 PartDone = tuple[int, str, Extra | None]
+
+
+def _read_body_into(body: Any, into: memoryview) -> int:
+    """Read a GET body into `into` without a copy: straight from the http.client response
+    under botocore's StreamingBody and urllib3 (their read() returns a new bytes object per
+    call). Returns the body's length, counting bytes beyond `into` (read and dropped). The
+    final urllib3 read sees the end and returns the connection to its pool."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    n = 0
+    if raw is None or fp is None or not hasattr(fp, "readinto"):
+        while n < len(into) and (data := body.read(len(into) - n)):
+            into[n:n + len(data)] = data
+            n += len(data)
+        return n + len(body.read())
+    while n < len(into) and (got := fp.readinto(into[n:])):
+        n += got
+    return n + len(raw.read())
 
 
 def _extra_args(checksum: Extra | None) -> dict[str, str]:
@@ -281,19 +299,20 @@ class S3Store:
 
     # -- data -------------------------------------------------------------------------------
 
-    async def get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        """Bytes [start, end) of `key`, only if its ETag is still `etag`."""
-        def call() -> bytes:
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
+        """Fill `into` with the bytes of `key` from `start`, only if its ETag is still `etag`."""
+        end = start + len(into)
+
+        def call() -> None:
             r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
                                        Range=f"bytes={start}-{end - 1}")
-            data: bytes = r["Body"].read()
-            if len(data) != end - start:
+            got = _read_body_into(r["Body"], into)
+            if got != end - start:
                 raise botocore.exceptions.IncompleteReadError(
-                    actual_bytes=len(data), expected_bytes=end - start)
-            return data
+                    actual_bytes=got, expected_bytes=end - start)
         what = f"GET {key} [{start}, {end})"
         try:
-            return await self._read_call(what, call)  # type: ignore[no-any-return]
+            await self._read_call(what, call)
         except NoSuchKey:
             # An open file whose object is gone: EIO, as when it changed (ENOENT means nothing
             # to read(2)), and logged as an error, not as the debug line of a failed lookup.

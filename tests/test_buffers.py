@@ -123,3 +123,64 @@ def test_part_body_reads_like_a_file(size: int) -> None:
     assert body.readinto(buf) == size and bytes(buf[:size]) == data[:size]
     assert body.read() == b""
     assert body.seek(-1, 2) == max(0, size - 1)
+
+
+# -- read buffers -----------------------------------------------------------------------------
+
+def test_read_budget_reuses_buffers_and_unmaps_them_when_no_reader_is_open() -> None:
+    from s3mount.buffers import ReadBudget
+
+    budget = ReadBudget(4 * MiB)
+    budget.readers = 1
+    a = budget.take(3 * MiB)  # rounded up to a power of two
+    assert a is not None and len(a) == 4 * MiB and budget.used == 4 * MiB
+    assert budget.take(128 * 1024) is None  # prefetch only where there is room
+    forced = budget.take(100, force=True)  # bytes a read waits for: always
+    assert forced is not None and budget.used == 4 * MiB + 128 * 1024
+    budget.give(forced)
+    budget.give(a)
+    assert budget.used == 0 and budget.kept.bytes == 4 * MiB  # the forced one did not fit
+    again = budget.take(4 * MiB)
+    assert again is a  # the same mapping, no fresh page faults
+    budget.give(again)
+    budget.readers = 0
+    budget.trim_if_idle()
+    assert budget.kept.bytes == 0
+
+
+class SlowStore:
+    """Serves one object from memory; a GET of bytes in [4 MiB, 40 MiB) takes a second and,
+    like a GET in a worker thread, is not cut short by cancellation."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(1.0 if 4 * MiB <= start < 40 * MiB else 0.01)
+        into[:] = self.data[start:start + len(into)]
+
+
+async def test_discarded_chunks_count_until_their_get_ends() -> None:
+    """A seek discards prefetched chunks still being fetched: their buffers stay paid for
+    until the GET returns, so the budget bounds real memory, not just wanted bytes."""
+    import os as _os
+
+    from s3mount.buffers import ReadBudget
+    from s3mount.reader import Reader
+
+    data = _os.urandom(64 * MiB)
+    store = SlowStore(data)
+    budget = ReadBudget(16 * MiB)
+    async with trio.open_nursery() as nursery:
+        reader = Reader(store, "k", "e", len(data), budget, nursery, 32 * MiB)  # type: ignore[arg-type]
+        for off in range(0, 4 * MiB, MiB):  # sequential: prefetching starts
+            assert await reader.read(off, MiB) == data[off:off + MiB]
+        assert budget.used > MiB  # prefetching
+        assert await reader.read(40 * MiB, 4096) == data[40 * MiB:40 * MiB + 4096]  # a seek
+        assert budget.used > 128 * 1024  # the discarded chunks' GETs have not ended yet
+        assert budget.peak <= budget.capacity + 2 * MiB
+        await trio.sleep(1.2)
+        assert budget.used == 128 * 1024  # only the chunk the last read came from
+        reader.close()
+    assert budget.used == 0 and budget.readers == 0 and budget.kept.bytes == 0

@@ -141,7 +141,13 @@ def mount_parser() -> Parser:
                     help="largest read-ahead window per file (default 32M)")
     rd.add_argument("--read-memory", type=parse_size, default=128 * MiB,
                     help="prefetched bytes across all files (default 128M)")
-    rd.add_argument("--retries", type=int, default=8, help="retries of a failed request")
+    rd.add_argument("--retries", type=int, default=8,
+                    help="retries of a failed read or metadata request (default 8)")
+    rd.add_argument("--read-deadline", type=float, default=60.0, metavar="SECONDS",
+                    help="a read that S3 fails for this long gives EIO (default 60)")
+    wr.add_argument("--write-deadline", type=float, default=600.0, metavar="SECONDS",
+                    help="an upload request S3 fails for this long makes close() fail with "
+                    "EIO; shorter outages only stall the writer (default 600)")
     run = p.add_argument_group("running")
     run.add_argument("-f", "--foreground", action="store_true",
                      help="stay in the foreground, log to stderr")
@@ -188,7 +194,8 @@ def build_config(ns: argparse.Namespace) -> Config:
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
         checksum=ns.checksum, rename_max_keys=ns.rename_max_keys,
         abort_stale_uploads=ns.abort_stale_uploads,
-        read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries)
+        read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries,
+        read_deadline=ns.read_deadline, write_deadline=ns.write_deadline)
 
 
 def _check_numbers(ns: argparse.Namespace) -> None:
@@ -205,6 +212,8 @@ def _check_numbers(ns: argparse.Namespace) -> None:
             raise QuietError(f"--{name.replace('_', '-')} is out of range")
     if ns.metadata_ttl < 0:
         raise QuietError("--metadata-ttl must be >= 0")
+    if ns.read_deadline <= 0 or ns.write_deadline <= 0:
+        raise QuietError("--read-deadline and --write-deadline must be > 0 seconds")
     if not ns.dir_suffix:
         raise QuietError("--dir-suffix must not be empty")
 

@@ -233,8 +233,10 @@ class S3Store:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _call(self, what: str, fn: Callable[[], T], deadline: float) -> T:
-        """Run `fn` in a worker thread; retry transient failures until `deadline` seconds."""
+    async def _call(self, what: str, fn: Callable[[], T], deadline: float,
+                    attempts: int | None) -> T:
+        """Run `fn` in a worker thread; retry transient failures until `deadline` seconds have
+        passed or (when not None) after `attempts` retries."""
         give_up = time.monotonic() + deadline
         attempt = 0
         while True:
@@ -242,21 +244,27 @@ class S3Store:
                 return await trio.to_thread.run_sync(fn, limiter=self.limiter)
             except Exception as exc:  # noqa: BLE001 - classified right here
                 err = classify(exc, what)
-            if not isinstance(err, TransientError) or attempt >= self.policy.retries:
+            if not isinstance(err, TransientError):
                 raise err
+            if attempts is not None and attempt >= attempts:
+                raise TransientError(f"{err} (gave up after {attempt} retries)")
             pause = self.policy.delay(attempt)
             if time.monotonic() + pause > give_up:
-                raise TransientError(f"{err} (gave up after {deadline:.0f} s)")
+                raise TransientError(f"{err} (S3 failed for {deadline:.0f} s: gave up)")
             attempt += 1
             level = logging.WARNING if attempt >= 3 else logging.DEBUG
-            log.log(level, "%s; retry %d/%d in %.2f s", err, attempt, self.policy.retries, pause)
+            of = f"/{attempts}" if attempts is not None else ""
+            log.log(level, "%s; retry %d%s in %.2f s", err, attempt, of, pause)
             await trio.sleep(pause)
 
     def _read_call(self, what: str, fn: Callable[[], T]) -> Any:
-        return self._call(what, fn, self.config.read_deadline)
+        """Reads and metadata: `--retries` retries, at most `--read-deadline` seconds."""
+        return self._call(what, fn, self.config.read_deadline, self.policy.retries)
 
     def _write_call(self, what: str, fn: Callable[[], T]) -> Any:
-        return self._call(what, fn, self.config.write_deadline)
+        """Uploads: retried for as long as `--write-deadline` allows, whatever the count, so
+        that an outage shorter than the deadline only stalls the writer."""
+        return self._call(what, fn, self.config.write_deadline, None)
 
     # -- metadata ---------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ def bucket(s3: Any, request: pytest.FixtureRequest) -> str:
 def config(s3server: SeaweedServer, bucket: str, tmp_path: Path) -> Config:
     return Config(bucket=bucket, mountpoint=str(tmp_path / "mnt"),
                   endpoint_url=s3server.endpoint_url, part_size=5 * 1024 * 1024,
-                  max_memory=20 * 1024 * 1024, retries=2)
+                  max_memory=20 * 1024 * 1024, retries=2, write_deadline=30)
 
 
 def put(s3: Any, bucket: str, key: str, body: bytes = b"x") -> None:

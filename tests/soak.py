@@ -102,6 +102,65 @@ class Soak:
             self.count("reads right" if digest.hexdigest() == want else "wrong reads")
 
 
+def md5_of_object(s3: object, bucket: str, key: str) -> str:
+    digest = hashlib.md5()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]  # type: ignore[attr-defined]
+    while chunk := body.read(8 * MiB):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def big_write(mnt: Path, s3: object, bucket: str, key: str, big: Path, want: str,
+              stats: collections.Counter[str], during: threading.Thread | None = None) -> None:
+    """One dd of `big` through the mount, checked in the bucket (MD5 of the whole object)."""
+    stats["runs"] += 1
+    if during is not None:
+        during.start()
+    try:
+        r = subprocess.run(["dd", f"if={big}", f"of={mnt / key}", "bs=1M", "status=none"],
+                           capture_output=True, timeout=OP_TIMEOUT * 3)
+    except subprocess.TimeoutExpired:
+        stats["hangs"] += 1
+        return
+    finally:
+        if during is not None:
+            during.join()
+    if r.returncode != 0:
+        stats["loud write failures"] += 1
+        return
+    if md5_of_object(s3, bucket, key) == want:
+        stats["objects verified"] += 1
+        stats["bytes written"] += big.stat().st_size
+    else:
+        stats["corrupt objects"] += 1
+
+
+def single_stream_phases(mnt: Path, proxy: FaultProxy, s3: object, bucket: str, big: Path,
+                         runs: int, outage: float) -> dict[str, collections.Counter[str]]:
+    """`runs` dd's of `big` with 10% of requests failing, then one with an outage of
+    `outage` seconds in the middle."""
+    want = hashlib.md5(big.read_bytes()).hexdigest()
+    errors: collections.Counter[str] = collections.Counter()
+    proxy.error_rate = 0.10
+    for n in range(runs):
+        big_write(mnt, s3, bucket, f"big/errors{n}.bin", big, want, errors)
+    proxy.clear()
+    out: collections.Counter[str] = collections.Counter()
+
+    def blackout() -> None:
+        start = proxy.counts["requests"]
+        while proxy.counts["requests"] < start + 6:  # the upload is under way
+            time.sleep(0.05)
+        proxy.blackout_until = time.monotonic() + outage
+
+    big_write(mnt, s3, bucket, "big/outage.bin", big, want, out,
+              threading.Thread(target=blackout))
+    proxy.clear()
+    return {f"dd of {big.stat().st_size >> 20} MiB, 10% of requests failing": errors,
+            f"dd of {big.stat().st_size >> 20} MiB, S3 unreachable for {outage:g} s in the "
+            "middle": out}
+
+
 def vm_hwm_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -115,12 +174,20 @@ def main() -> int:
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--readers", type=int, default=16)
     ap.add_argument("--error-rate", type=float, default=0.10)
+    ap.add_argument("--big-runs", type=int, default=3,
+                    help="dd's of 1 GiB with 10%% of requests failing, before the mix")
+    ap.add_argument("--big-size", type=int, default=1024, metavar="MiB")
+    ap.add_argument("--outage", type=float, default=60, metavar="SECONDS")
     ap.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
     args = ap.parse_args()
     faults = {"error_rate": args.error_rate, "reset_rate": 0.02, "truncate_rate": 0.05}
     server = SeaweedServer().start()
     source = Path("/dev/shm") / f"s3mount-soak-{os.getpid()}.bin"
     source.write_bytes(os.urandom(64 * MiB))
+    big = Path("/dev/shm") / f"s3mount-soak-big-{os.getpid()}.bin"
+    with open(big, "wb") as f:
+        for _ in range(args.big_size):
+            f.write(os.urandom(MiB))
     work = Path(tempfile.mkdtemp(prefix="s3mount-soak-"))
     mnt = work / "mnt"
     mnt.mkdir()
@@ -139,6 +206,11 @@ def main() -> int:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"mount failed: {(work / 'mount.log').read_text()}")
                 time.sleep(0.1)
+            t_single = time.monotonic()
+            phases = single_stream_phases(mnt, proxy, server.client(), bucket, big,
+                                          args.big_runs, args.outage)
+            single_elapsed = time.monotonic() - t_single
+            single_hwm = vm_hwm_mib(proc.pid)
             for name, value in faults.items():
                 setattr(proxy, name, value)
             soak = Soak(mnt, server, bucket, source)
@@ -168,15 +240,20 @@ def main() -> int:
                 proc.kill()
         server.stop()
         source.unlink(missing_ok=True)
-    text = report(soak.stats, counts, faults, args, elapsed, hwm)
+        big.unlink(missing_ok=True)
+    text = report(soak.stats, counts, faults, args, elapsed, hwm, phases, single_elapsed,
+                  single_hwm)
     Path(args.out).write_text(text)
     print(text)
     bad = soak.stats["corrupt objects"] + soak.stats["wrong reads"] + soak.stats["hangs"]
+    bad += sum(c["corrupt objects"] + c["hangs"] for c in phases.values())
     return 1 if bad else 0
 
 
 def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[str, float],
-           args: argparse.Namespace, elapsed: float, hwm: float) -> str:
+           args: argparse.Namespace, elapsed: float, hwm: float,
+           phases: dict[str, collections.Counter[str]], single_elapsed: float,
+           single_hwm: float) -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     rows = [("writes (dd of 1-25 MiB)", stats["writes"]),
             ("objects verified in the bucket (MD5 of the whole object)",
@@ -190,6 +267,9 @@ def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[
             ("**wrong reads**", stats["wrong reads"]),
             ("**hangs** (an operation over 300 s)", stats["hangs"])]
     injected = ", ".join(f"{k} {v}" for k, v in sorted(proxy.items()))
+    single = [f"| {name} | {c['runs']} | {c['bytes written'] / MiB:.0f} MiB | "
+              f"{c['objects verified']} | {c['loud write failures']} | "
+              f"**{c['corrupt objects']}** | **{c['hangs']}** |" for name, c in phases.items()]
     return "\n".join([
         "# Reliability", "",
         f"Measured {datetime.date.today().isoformat()} by `make soak` "
@@ -197,16 +277,25 @@ def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[
         f"once). Machine: {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} "
         f"{platform.release()}; SeaweedFS on the same host, behind the fault proxy of "
         "`tests/faultproxy.py`.", "",
+        "## One stream at a time", "",
+        "| fault | runs | bytes written and verified | objects verified | loud failures "
+        "| corrupt objects | hangs |", "|---|---|---|---|---|---|---|", *single, "",
+        f"Elapsed {single_elapsed:.0f} s; peak RSS of the mount {single_hwm:.0f} MiB "
+        f"(`--max-memory` 24 MiB).", "",
+        f"## {args.writers} writers and {args.readers} readers at once", "",
         "Faults injected on every request: "
         + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in faults.items())
         + f". The proxy saw: {injected}.", "",
         "| outcome | count |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-        f"Elapsed {elapsed:.0f} s; peak RSS of the mount {hwm:.0f} MiB.", "",
+        f"Elapsed {elapsed:.0f} s; peak RSS of the mount over the whole soak {hwm:.0f} MiB: "
+        "its budgets are `--max-memory` 24 MiB and `--read-memory` 128 MiB on top of about "
+        "60 MiB for the process at idle.", "",
         "The fast fault tests (`tests/test_faults.py`, part of `make test`) check each fault "
         "on its own: 10% errors and 5% resets during a dd, rewritten part ETags (caught every "
         "time: resent, or EIO at close), truncated GET bodies (the bytes read are right), an "
-        "8 s outage (the writer waits, the object verifies), an outage past the retries "
-        "(close fails, no object), and an endpoint answering malformed XML with a huge "
+        "60 s outage (the writer waits, the object verifies), an outage past "
+        "`--write-deadline` (close fails with EIO, no object), reads during an outage (EIO "
+        "within `--read-deadline`), and an endpoint answering malformed XML with a huge "
         "header (one error line, no traceback).", ""])
 
 

@@ -4,6 +4,7 @@ wrong bytes."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -21,6 +22,7 @@ from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedServer
 
 P = 5 * MiB
+OUTAGE = 60  # seconds, as the issue asks: "a 60-second outage in the middle of a dd"
 
 
 @pytest.fixture
@@ -104,27 +106,63 @@ def test_reads_during_faults_are_right_or_fail(mount_factory: Callable[..., Moun
     assert hashlib.md5(got).digest() == hashlib.md5(data).digest()
 
 
-def test_outage_past_the_retries_fails_close_and_stores_nothing(
+def test_outage_past_the_write_deadline_fails_close_and_stores_nothing(
         mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """S3 gone for longer than --write-deadline: a write or close() fails with EIO within
+    the deadline (plus a backoff pause), the log says why, and no object or upload is left."""
     import time
 
-    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--retries", "1")
-    m.allowed_errors += ["PART", "PUT", "upload", "flush", "release", "abort", "COMPLETE"]
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--write-deadline", "8")
+    m.allowed_errors += ["PART", "PUT", "upload", "flush", "release", "abort", "COMPLETE",
+                         "CREATE-UPLOAD"]
     fd = os.open(m.path / "cut.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    t0 = time.monotonic()
     try:
         os.write(fd, os.urandom(3 * MiB))
         proxy.blackout_until = time.monotonic() + 3600
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as failed:
             for _ in range(20):
                 os.write(fd, os.urandom(MiB))
             os.close(fd)
             fd = -1
+        assert failed.value.errno == errno.EIO
     finally:
         if fd >= 0:
             with pytest.raises(OSError):
                 os.close(fd)
-        proxy.clear()
+    elapsed = time.monotonic() - t0
+    proxy.clear()
+    assert elapsed < 8 + 15, elapsed
+    assert "S3 failed for 8 s" in m.log()
     assert "cut.bin" not in keys(s3, bucket)
+    assert open_uploads(s3, bucket) == []
+
+
+def test_reads_during_an_outage_fail_within_the_read_deadline(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """A read that S3 cannot answer gives EIO within --read-deadline, never a hang; once S3
+    is back the same file reads right."""
+    import time
+
+    data = os.urandom(3 * MiB)
+    put(s3, bucket, "r.bin", data)
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--read-deadline", "5",
+                      "--retries", "1000")
+    m.allowed_errors += ["GET", "read"]
+    with open(m.path / "r.bin", "rb") as f:
+        assert f.read(4096) == data[:4096]
+        proxy.blackout_until = time.monotonic() + 3600
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as failed:
+            f.seek(2 * MiB)
+            f.read(4096)
+        elapsed = time.monotonic() - t0
+        assert failed.value.errno == errno.EIO
+        assert 4 <= elapsed < 5 + 10, elapsed
+    proxy.clear()
+    assert "S3 failed for 5 s" in m.log()
+    with open(m.path / "r.bin", "rb") as f:
+        assert f.read() == data
 
 
 def test_malformed_answers_are_errors_not_crashes() -> None:
@@ -173,11 +211,12 @@ def test_malformed_answers_are_errors_not_crashes() -> None:
         srv.close()
 
 
-def test_short_outage_stalls_the_writer_then_finishes(mount_factory: Callable[..., Mount],
-                                                      proxy: FaultProxy, s3: Any, bucket: str,
-                                                      source: Path) -> None:
-    """An 8 s outage in the middle of a dd: parts are retried (backoff), the writer waits on
-    the write budget meanwhile, and the object verifies in the end."""
+def test_minute_long_outage_stalls_the_writer_then_finishes(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str,
+        source: Path) -> None:
+    """A 60 s outage in the middle of a dd: parts are retried (backoff, far past --retries,
+    within --write-deadline), the writer waits on the write budget meanwhile, and the object
+    verifies in the end."""
     import threading
     import time
 
@@ -186,14 +225,14 @@ def test_short_outage_stalls_the_writer_then_finishes(mount_factory: Callable[..
     def outage() -> None:
         while proxy.counts["requests"] < 4:  # the upload is under way
             time.sleep(0.05)
-        proxy.blackout_until = time.monotonic() + 8
+        proxy.blackout_until = time.monotonic() + OUTAGE
 
     t = threading.Thread(target=outage, daemon=True)
     t.start()
     t0 = time.monotonic()
     assert dd(source, m.path / "o.bin").returncode == 0
     t.join(5)
-    assert time.monotonic() - t0 >= 8  # it did wait out the outage
+    assert time.monotonic() - t0 >= OUTAGE  # it did wait out the outage
     assert proxy.counts["resets"] > 0
     assert s3.head_object(Bucket=bucket, Key="o.bin")["ETag"].strip('"') == etag_of(source)
     assert open_uploads(s3, bucket) == []

@@ -171,6 +171,12 @@ class FlakyClient:
         return {"ContentLength": 3, "ETag": '"abc"',
                 "LastModified": datetime.datetime.now(datetime.UTC)}
 
+    def create_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return {"UploadId": "u"}
+
 
 def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
     return botocore.exceptions.ClientError(
@@ -201,6 +207,25 @@ async def test_store_gives_up_and_does_not_retry_permanent_errors(config: Config
     with pytest.raises(Exception, match="AccessDenied"):
         await store.head("k")
     assert denied.calls == 1
+
+
+async def test_uploads_retry_until_the_write_deadline_not_a_count(config: Config) -> None:
+    """An upload request is retried past --retries for as long as --write-deadline allows
+    (an outage only stalls the writer), then fails with a line that says how long."""
+    import time
+
+    client = FlakyClient([client_error("ServiceUnavailable", 503)] * 6)
+    store = S3Store(replace(config, retries=2, write_deadline=30), client=client)
+    store.policy = replace(store.policy, base=0.001, cap=0.01)
+    assert (await store.create_upload("k")).upload_id == "u"
+    assert client.calls == 7  # six failures, far past --retries 2
+    client = FlakyClient([client_error("ServiceUnavailable", 503)] * 10_000)
+    store = S3Store(replace(config, retries=2, write_deadline=1.0), client=client)
+    store.policy = replace(store.policy, base=0.01, cap=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match="S3 failed for 1 s"):
+        await store.create_upload("k")
+    assert 0.9 <= time.monotonic() - t0 < 5 and client.calls > 3
 
 
 def test_invalid_key_components_are_hidden() -> None:

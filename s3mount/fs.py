@@ -121,16 +121,40 @@ class S3Fs(pyfuse3.Operations):
         node = self.inodes.cached(path)
         if node is not None:
             return node
-        if self.inodes.known_missing(path):
-            raise _not_found(path)
-        entry = await self.ns.stat(path)
+        entry = None
+        if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
+            entry = await self._stat(path)
+            if entry is None:
+                self.inodes.set_missing(path)
         if entry is None:
             pinned = self.inodes.by_path.get(path)
             if pinned is not None and pinned.pinned:
                 return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
-            self.inodes.set_missing(path)
             raise _not_found(path)
         return self.inodes.upsert(path, entry)
+
+    async def _stat(self, path: str) -> Entry | None:
+        """What S3 has at `path`. In a directory whose complete listing is kept but expired
+        (one made here by mkdir, or small when listed here before), one LIST of the directory
+        answers, and is kept: for --metadata-ttl, names not in it need no request (cp -r and
+        tar -x look up each new name first). Elsewhere a HEAD and a one-key LIST."""
+        dir_path, _, name = path.rpartition("/")
+        parent = self.inodes.by_path.get(dir_path)
+        listing = self.inodes.listings.get(dir_path)
+        if (path == "" or parent is None or listing is None
+                or listing.expires > self.inodes.clock()):
+            return await self.ns.stat(path)
+        writes, started = parent.writes, self.inodes.clock()
+        entries = await self.ns.small_listing(dir_path)
+        if entries is None:  # more than a page: not kept
+            self.inodes.listings.pop(dir_path, None)
+            return await self.ns.stat(path)
+        if parent.writes == writes and self.inodes.by_path.get(dir_path) is parent:
+            # (else this mount added a name since the LIST began, which it may lack)
+            names = set(entries) | {n.path.rpartition("/")[2]
+                                    for n in self.uploads.nodes_in(dir_path)}
+            self.inodes.set_listing(dir_path, names, started + self.inodes.ttl)
+        return entries.get(name)
 
     async def refresh(self, node: Node) -> Node:
         """Re-read a file's attributes from S3 if they are stale."""
@@ -268,9 +292,13 @@ class S3Fs(pyfuse3.Operations):
         self.keys.check_key(path)
         if await self._exists(path):
             raise FsError(f"{path!r} already exists", errno.EEXIST)
+        empty_until = self.inodes.missing_until(path)  # no key lies below it until then
         await self.store.put(self.keys.marker_key(path), b"", _EMPTY_MD5)
         node = self.inodes.upsert(path, self.ns.dir_entry(time.time()))
         node.lookups += 1
+        self.inodes.wrote(path)
+        if empty_until is not None:
+            self.inodes.set_listing(path, set(), empty_until)
         return self.attrs(node)
 
     async def _exists(self, path: str) -> bool:
@@ -291,6 +319,7 @@ class S3Fs(pyfuse3.Operations):
         if node.kind != "dir":
             raise FsError(f"{path!r} is not a directory", errno.ENOTDIR)
         if not await self.ns.is_empty(path) or self.uploads.nodes_in(path):
+            self.inodes.drop_listings(path)  # it may be out of date: another client wrote
             raise FsError(f"{path!r} is not empty", errno.ENOTEMPTY)
         marker = await self.store.head(self.keys.marker_key(path))
         if marker is not None and marker.size > 0:
@@ -300,6 +329,7 @@ class S3Fs(pyfuse3.Operations):
         await self.store.delete(self.keys.marker_key(path))
         self.inodes.detach(node)
         self.inodes.set_missing(path)
+        self.inodes.drop_listings(path)
         self._pin_parent(parent_inode)
 
     @_fuse_errors
@@ -346,6 +376,8 @@ class S3Fs(pyfuse3.Operations):
             await self._move_marker(old, new)
             log.info("renamed directory %r to %r: %d keys copied and deleted", old, new, n)
             self.inodes.move(old, new)
+        self.inodes.wrote(new)
+        self.inodes.drop_listings(old)
         self._pin_parent(parent_inode_old)
 
     def _check_rename(self, src: Node, old: str, dst: Node | None, new: str,
@@ -475,6 +507,7 @@ class S3Fs(pyfuse3.Operations):
             node = self.inodes.upsert(path, Entry("file", 0, time.time()))
         fh = self._start_upload(node, ctx)
         node.lookups += 1
+        self.inodes.wrote(path)
         return (pyfuse3.FileInfo(fh=fh, keep_cache=False),
                 self.attrs(node))
 
@@ -517,6 +550,7 @@ class S3Fs(pyfuse3.Operations):
                 h.node.writer = None
         if info is not None and h.node.writer is None:
             self.inodes.upsert(h.node.path, Entry("file", info.size, info.mtime, info.etag))
+            self.inodes.wrote(h.node.path)  # the object exists from now on
 
     @_fuse_errors
     async def release(self, fh: pyfuse3.FileHandleT) -> None:

@@ -1,7 +1,8 @@
 """The inode table: inode <-> path, kernel lookup counts and forget, attribute and negative caches.
 
 A path keeps its inode while the kernel remembers it (lookup count > 0) or a handle is open on
-it. Attributes are trusted for `ttl` seconds; so is the knowledge that a path does not exist.
+it. Attributes are trusted for `ttl` seconds; so is the knowledge that a path does not exist,
+and a directory's complete list of names (`Listing`): a name not in it does not exist.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from .namespace import Entry, Kind
 
 ROOT_INODE = 1
 NEGATIVE_CACHE_MAX = 10_000
+LISTINGS_MAX = 64  # directories whose complete list of names is kept
+LISTING_NAMES_MAX = 2_000  # names in one kept list (one LIST page, plus names written here)
 
 
 @dataclass
@@ -34,10 +37,20 @@ class Node:
     writer: Any = None  # the active upload writing this file, if any
     detached: bool = field(default=False)  # no longer reachable by its path
     pinned: bool = False  # a directory we emptied ourselves: it exists until rmdir or forget
+    writes: int = 0  # names this mount made appear in this directory (see InodeTable.wrote)
 
     def apply(self, entry: Entry, expires: float) -> None:
         self.size, self.mtime, self.etag = entry.size, entry.mtime, entry.etag
         self.expires = expires
+
+
+@dataclass
+class Listing:
+    """Every name in a directory, as a complete listing showed it (or as mkdir left it), plus
+    the names this mount has made appear since. Until `expires`, other names do not exist."""
+
+    names: set[str]
+    expires: float
 
 
 class InodeTable:
@@ -50,6 +63,7 @@ class InodeTable:
         self.by_ino: dict[int, Node] = {ROOT_INODE: root}
         self.by_path: dict[str, Node] = {"": root}
         self.negative: OrderedDict[str, float] = OrderedDict()
+        self.listings: OrderedDict[str, Listing] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.by_ino)
@@ -147,3 +161,47 @@ class InodeTable:
 
     def forget_missing(self, path: str) -> None:
         self.negative.pop(path, None)
+
+    def missing_until(self, path: str) -> float | None:
+        """Until when `path` is known not to exist (None: not known)."""
+        until = self.negative.get(path)
+        if until is not None and until > self.clock():
+            return until
+        dir_path, _, name = path.rpartition("/")
+        listing = self.listings.get(dir_path)
+        if listing is not None and listing.expires > self.clock() and name not in listing.names:
+            return listing.expires
+        return None
+
+    # -- complete listings -------------------------------------------------------------------
+
+    def set_listing(self, dir_path: str, names: set[str], expires: float) -> None:
+        """`names` are all the names in `dir_path` until `expires` (a listing's start + ttl)."""
+        if self.ttl <= 0 or len(names) > LISTING_NAMES_MAX:
+            self.listings.pop(dir_path, None)
+            return
+        self.listings[dir_path] = Listing(names, expires)
+        self.listings.move_to_end(dir_path)
+        while len(self.listings) > LISTINGS_MAX:
+            self.listings.popitem(last=False)
+
+    def drop_listings(self, path: str) -> None:
+        """Forget the listings of `path` and of the directories below it."""
+        below = path + "/"
+        for p in [p for p in self.listings if p == path or p.startswith(below) or path == ""]:
+            del self.listings[p]
+
+    def wrote(self, path: str) -> None:
+        """This mount made `path` appear (create, a completed upload, mkdir, rename): the
+        directory's listing gets the name, and a listing of it still under way is not kept
+        (it may have been taken before the name appeared; see `Node.writes`)."""
+        dir_path, _, name = path.rpartition("/")
+        parent = self.by_path.get(dir_path)
+        if parent is not None:
+            parent.writes += 1
+        listing = self.listings.get(dir_path)
+        if listing is not None:
+            listing.names.add(name)
+            if len(listing.names) > LISTING_NAMES_MAX:
+                del self.listings[dir_path]
+        self.drop_listings(path)

@@ -93,6 +93,21 @@ class Namespace:
         for item in shadows.drain():
             yield item
 
+    async def small_listing(self, path: str) -> dict[str, Entry] | None:
+        """Every name in directory `path` with its entry, from one LIST page; None when the
+        directory holds more than a page."""
+        prefix = self.keys.dir_prefix(path)
+        page = await self.store.list_page(prefix, "/", None, self.page_size)
+        if page.next_token is not None:
+            return None
+        shadows = _Shadows(self.keys.dir_suffix, self)
+        out: dict[str, Entry] = {}
+        for rel, name, entry in self._page_items(path, prefix, page):
+            out.update(shadows.advance(rel))
+            shadows.add(name, entry)
+        out.update(shadows.drain())
+        return out
+
     def _page_items(self, path: str, prefix: str,
                     page: ListPage) -> Iterator[tuple[str, str, Entry]]:
         """(key relative to the directory, entry name, entry) in key order, valid names only."""

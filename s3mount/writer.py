@@ -5,9 +5,10 @@ A full buffer is shipped when the next byte arrives: hashed in a worker thread, 
 Content-MD5 in the background, its returned ETag compared with the MD5 (re-sent on mismatch).
 A stream that ends inside its first part becomes one PutObject instead. Buffers are paid for
 from a global `WriteBudget`; when it is spent, `write()` waits for an upload to finish
-(backpressure). Completion checks the object's ETag (HEAD) against the locally built one; any
-failure aborts the upload, removes an object that failed verification, and is raised from
-`complete()` so that `close()` returns it.
+(backpressure). Completing a multipart upload checks the object's ETag (HEAD) against the
+locally built one; a PutObject is checked by its answer (its ETag is the MD5 the server
+computed of what it stored). Any failure aborts the upload, removes an object that failed
+verification, and is raised from `complete()` so that `close()` returns it.
 
 Where the bucket encrypts with SSE-KMS or SSE-C, ETags are not MD5s; the first answer that
 says so switches the mount to an additional checksum (`checksum.py`, CRC32C unless
@@ -30,7 +31,7 @@ from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
 from .config import Config
 from .errors import FsError, IntegrityError, StoreError
-from .etag import etag_is_md5, multipart_etag, single_etag
+from .etag import etag_is_md5, multipart_etag
 from .schedule import PartSchedule
 from .store import Extra, ObjectInfo, Sent, Store
 
@@ -252,7 +253,7 @@ class Upload:
 
     async def _finish(self) -> ObjectInfo:
         if self.upload_id is None:
-            return await self._verify(*await self._put_single())
+            return await self._put_single()
         if self.part is not None and self.part.fill:
             await self._ship(self.part)
         elif self.part is not None:  # paid for, never written to
@@ -273,8 +274,11 @@ class Upload:
         self.upload_id = None  # completed: nothing left to abort
         return await self._verify(expected if self.md5_etags else None, summed)
 
-    async def _put_single(self) -> tuple[str | None, str | None]:
-        """One PutObject; returns the ETag and the additional checksum to expect (or None)."""
+    async def _put_single(self) -> ObjectInfo:
+        """One PutObject, verified by its answer: S3 checked the body against Content-MD5 (and
+        the additional checksum), and answers with the stored object's ETag (and checksum),
+        which must equal the local ones. A HEAD afterwards would return that same ETag: one
+        more round trip per small file (cp -r: 14 -> 10 ms a file), no more proof."""
         part = self.part
         self.algo = self.mgr.algorithm()
         if part is not None:
@@ -301,8 +305,8 @@ class Upload:
         self.bytes_uploaded = self.bytes_written
         if problem := self._check_sent("the PUT", sent, digest, extra):
             await self._remove_bad_object(f"the PUT {problem}")
-        return (single_etag(digest) if self.md5_etags else None,
-                None if extra is None else extra[1])
+        return ObjectInfo(self.key, self.bytes_written, time.time(), sent.etag,
+                          sent.checksum, sent.encryption)
 
     async def _verify(self, etag: str | None, summed: str | None) -> ObjectInfo:
         """Compare the stored object with what was sent: size, and the ETag and/or the

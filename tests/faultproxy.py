@@ -11,7 +11,8 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `rewrite_part_etags`: answer this many UploadPart requests with a wrong ETag;
 - `blackout_until`: until this `time.monotonic()`, reset every connection.
 
-Counters of what was done are in `counts`. The proxy runs in daemon threads and stops with
+Counters of what was done are in `counts`, also one per kind of request (`request_kind`); the
+latest requests (method, path) are in `log`. The proxy runs in daemon threads and stops with
 `stop()` (or at the end of a `with` block).
 """
 
@@ -33,6 +34,16 @@ SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown
              b"<Message>Please reduce your request rate (injected).</Message></Error>")
 
 
+def request_kind(method: str, path: str) -> str:
+    """HEAD, GET, LIST, PUT, PART, DELETE, ... of one request, as S3 sees it."""
+    query = path.partition("?")[2]
+    if method == "GET" and "list-type=" in query:
+        return "LIST"
+    if method == "PUT" and "partNumber=" in query:
+        return "PART"
+    return method
+
+
 class FaultProxy:
     def __init__(self, upstream: str, seed: int = 1) -> None:
         parts = urlsplit(upstream)
@@ -47,6 +58,7 @@ class FaultProxy:
         self.rewrite_part_etags = 0
         self.blackout_until = 0.0
         self.counts: collections.Counter[str] = collections.Counter()
+        self.log: collections.deque[tuple[str, str]] = collections.deque(maxlen=100_000)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -108,6 +120,9 @@ class FaultProxy:
         length = int(h.headers.get("Content-Length", 0) or 0)
         body = h.rfile.read(length) if length else b""
         self._count("requests")
+        self._count(request_kind(h.command, h.path))
+        with self.lock:
+            self.log.append((h.command, h.path))
         if time.monotonic() < self.blackout_until or self._roll(self.reset_rate):
             self._count("resets")
             self._reset(h)

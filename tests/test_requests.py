@@ -1,0 +1,153 @@
+"""How many S3 requests an operation costs (docs/benchmarks.md, "Profiles and fixes"), and that
+the caches which save them stay within --metadata-ttl. Counted by a proxy between the mount and
+the server (tests/faultproxy.py) or by a store wrapper."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from s3mount.config import Config
+from s3mount.errors import StoreError
+from s3mount.fs import S3Fs
+from s3mount.inodes import Node
+from s3mount.store import S3Store
+from tests.conftest import Mount, get, keys, put
+from tests.faultproxy import FaultProxy
+from tests.faults import FaultyStore
+from tests.seaweed import SeaweedServer
+from tests.test_writer import uploads, write_all
+
+CTX = pyfuse3.RequestContext()
+ROOT = pyfuse3.ROOT_INODE
+
+
+@pytest.fixture
+def proxy(s3server: SeaweedServer) -> Iterator[FaultProxy]:
+    with FaultProxy(s3server.endpoint_url) as p:
+        yield p
+
+
+class CountingStore(FaultyStore):
+    """Counts HEADs and LISTs; a HEAD fails when `no_heads` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.heads = self.lists = 0
+        self.no_heads = False
+
+    async def head(self, key: str, checksum: bool = False) -> Any:
+        self.heads += 1
+        if self.no_heads:
+            raise StoreError(f"HEAD {key}: not expected")
+        return await super().head(key, checksum)
+
+    async def list_page(self, *args: Any) -> Any:
+        self.lists += 1
+        return await self.inner.list_page(*args)
+
+
+async def test_single_put_is_verified_by_its_answer_without_a_head(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    """The PutObject answer carries the ETag S3 computed (and checked against Content-MD5):
+    no HEAD follows it. A multipart upload is still checked by a HEAD after completion."""
+    store = CountingStore(S3Store(config))
+    store.no_heads = True
+    up = uploads(config, nursery, store).start("small", Node(2, "small", "file"))
+    await write_all(up, b"four" * 1024)
+    info = await up.complete()
+    assert info.size == 4096 and get(s3, bucket, "small") == b"four" * 1024
+    assert info.etag == s3.head_object(Bucket=bucket, Key="small")["ETag"].strip('"')
+    store.no_heads = False
+    up = uploads(config, nursery, store).start("big", Node(3, "big", "file"))
+    await write_all(up, os.urandom(config.part_size + 1))
+    await up.complete()
+    assert store.heads == 1
+
+
+async def test_new_directory_answers_lookups_of_new_names_from_its_listing(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    """mkdir here: the directory is known to be empty, so looking up names in it (as cp -r
+    does before each create) costs no request; names written here are found. Once
+    --metadata-ttl has passed, one LIST of the directory answers again, and a name another
+    client added shows."""
+    store = CountingStore(S3Store(config))
+    fs = S3Fs(replace(config, metadata_ttl=0.5), store, nursery)
+    d = await fs.mkdir(ROOT, b"d", 0o755, CTX)
+    store.heads = store.lists = 0
+    for name in (b"a", b"b", b"c"):
+        assert await errno_of(fs.lookup(d.st_ino, name, CTX)) == errno.ENOENT
+        info, _ = await fs.create(d.st_ino, name, 0o644, os.O_WRONLY, CTX)
+        await fs.write(info.fh, 0, name)
+        await fs.flush(info.fh)
+        await fs.release(info.fh)
+    assert (store.heads, store.lists) == (0, 0)
+    put(s3, bucket, "d/other", b"from another client")
+    await trio.sleep(0.6)
+    assert await errno_of(fs.lookup(d.st_ino, b"new", CTX)) == errno.ENOENT
+    assert (store.heads, store.lists) == (0, 1)  # the whole directory, once
+    assert (await fs.lookup(d.st_ino, b"other", CTX)).st_size == 19
+    for name in ("a", "b", "c"):  # expired attributes; the fresh listing has them
+        assert (await fs.lookup(d.st_ino, name.encode(), CTX)).st_size == 1
+    assert await errno_of(fs.lookup(d.st_ino, b"new2", CTX)) == errno.ENOENT
+    assert store.lists == 1 + 4  # names that exist are looked up as before (HEAD + LIST)
+    assert sorted(keys(s3, bucket)) == ["d/", "d/a", "d/b", "d/c", "d/other"]
+
+
+async def test_listing_taken_while_this_mount_writes_is_not_kept(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    """A file whose upload completes while the directory is being listed may be missing from
+    the listing: that listing is not kept, so the file is never reported missing."""
+    store = CountingStore(S3Store(config))
+    fs = S3Fs(replace(config, metadata_ttl=30), store, nursery)
+    d = await fs.mkdir(ROOT, b"d", 0o755, CTX)
+    info, _ = await fs.create(d.st_ino, b"f", 0o644, os.O_WRONLY, CTX)
+    await fs.write(info.fh, 0, b"x")
+    fs.inodes.listings["d"].expires = 0  # the next lookup in d lists it again
+    real = store.inner.list_page
+
+    async def list_then_finish_upload(*args: Any) -> Any:
+        page = await real(*args)  # taken before the upload completes
+        await fs.flush(info.fh)
+        return page
+    store.inner.list_page = list_then_finish_upload
+    assert await errno_of(fs.lookup(d.st_ino, b"g", CTX)) == errno.ENOENT
+    store.inner.list_page = real
+    await fs.release(info.fh)
+    fs.inodes.forget(fs.inodes.by_path["d/f"].ino, 1)  # the kernel forgets it
+    assert "d/f" not in fs.inodes.by_path
+    assert (await fs.lookup(d.st_ino, b"f", CTX)).st_size == 1
+
+
+async def errno_of(coro: Any) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await coro
+    return exc.value.errno
+
+
+def test_cp_r_of_small_files_costs_one_put_each(mount_factory: Callable[..., Mount],
+                                                proxy: FaultProxy, s3: Any, bucket: str,
+                                                tmp_path: Path) -> None:
+    """cp -r into the mount: per file one PutObject and nothing else (it was 2 HEADs, a LIST
+    and a PUT): the new directory's listing answers the lookups, the PUT's answer verifies."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}").write_bytes(os.urandom(4096))
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
+    proxy.counts.clear()
+    subprocess.run(["cp", "-r", str(src), str(m.path / "d")], check=True, timeout=60)
+    counts = {k: v for k, v in proxy.counts.items() if k != "requests"}
+    # the lookup of d (HEAD d + LIST d/), the marker d/, the 20 files
+    assert counts == {"HEAD": 1, "LIST": 1, "PUT": 21}, list(proxy.log)
+    for i in range(20):
+        assert get(s3, bucket, f"d/f{i:02d}") == (src / f"f{i:02d}").read_bytes()

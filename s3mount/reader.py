@@ -11,6 +11,7 @@ GET has ended, so a discarded chunk still being fetched counts against the budge
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 from collections import deque
@@ -125,13 +126,17 @@ class Reader:
 
     async def _fetch(self, chunk: Chunk) -> None:
         assert chunk.mem is not None
+        view = memoryview(chunk.mem)[:chunk.end - chunk.start]
         with chunk.scope:
             try:
-                await self.store.get_range(self.key, chunk.start,
-                                           memoryview(chunk.mem)[:chunk.end - chunk.start],
-                                           self.etag)
+                await self.store.get_range(self.key, chunk.start, view, self.etag)
             except Exception as exc:  # noqa: BLE001 - handed to the read that needs it
                 chunk.error = exc
+            finally:
+                # The error's traceback may still name the view; released, it no longer
+                # pins the buffer, which can then be reused rather than wait for the GC.
+                with contextlib.suppress(BufferError):
+                    view.release()
         chunk.fetching = False
         chunk.done.set()
         if chunk.discarded:

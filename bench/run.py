@@ -150,7 +150,10 @@ class Bench:
         mnt = self.work / f"mnt-{system.name}-{run}-{session}"
         rss_key = "rss_write" if session == "write" else "rss_read"
         try:
-            mount = Mount(system, self.env.server, bucket, mnt, scratch, log)
+            try:
+                mount = Mount(system, self.env.server, bucket, mnt, scratch, log)
+            except FileNotFoundError as exc:
+                raise BenchError(f"{exc.filename} is not installed (make bench-deps)") from None
         except BenchError as exc:
             say(f"    {session} mount: FAILED: {exc}")
             for key, _ in steps:

@@ -32,6 +32,7 @@ from .store import Store
 from .writer import Uploads
 
 log = logging.getLogger(__name__)
+LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one completely
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -123,7 +124,7 @@ class S3Fs(pyfuse3.Operations):
             return node
         entry = None
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
-            entry = await self._stat(path)
+            entry = self.inodes.listed(path) or await self._stat(path)
             if entry is None:
                 self.inodes.set_missing(path)
         if entry is None:
@@ -143,7 +144,7 @@ class S3Fs(pyfuse3.Operations):
         listing = self.inodes.listings.get(dir_path)
         if (path == "" or parent is None or listing is None
                 or listing.expires > self.inodes.clock()):
-            return await self.ns.stat(path)
+            return await self._stat_and_list(path)
         writes, started = parent.writes, self.inodes.clock()
         entries = await self.ns.small_listing(dir_path)
         if entries is None:  # more than a page: not kept
@@ -153,8 +154,24 @@ class S3Fs(pyfuse3.Operations):
             # (else this mount added a name since the LIST began, which it may lack)
             names = set(entries) | {n.path.rpartition("/")[2]
                                     for n in self.uploads.nodes_in(dir_path)}
-            self.inodes.set_listing(dir_path, names, started + self.inodes.ttl)
+            self.inodes.set_listing(dir_path, names, started + self.inodes.ttl, entries)
         return entries.get(name)
+
+    async def _stat_and_list(self, path: str) -> Entry | None:
+        """A HEAD and a one-level LIST of up to LOOKUP_LIST_KEYS names: a small directory's
+        listing comes with its lookup and is kept, so that its entries are then known (an
+        open of `d/f` on a fresh mount costs two round trips, not three)."""
+        before = self.inodes.by_path.get(path)
+        writes, started = (before.writes if before else 0), self.inodes.clock()
+        entry, entries = await self.ns.stat_listing(path, LOOKUP_LIST_KEYS)
+        node = self.inodes.by_path.get(path)
+        if (entries is not None and node is before
+                and (before is None or before.writes == writes)):
+            # (else this mount may have added a name since the LIST began)
+            names = set(entries) | {n.path.rpartition("/")[2]
+                                    for n in self.uploads.nodes_in(path)}
+            self.inodes.set_listing(path, names, started + self.inodes.ttl, entries)
+        return entry
 
     async def refresh(self, node: Node) -> Node:
         """Re-read a file's attributes from S3 if they are stale."""

@@ -2,7 +2,8 @@
 
 A path keeps its inode while the kernel remembers it (lookup count > 0) or a handle is open on
 it. Attributes are trusted for `ttl` seconds; so is the knowledge that a path does not exist,
-and a directory's complete list of names (`Listing`): a name not in it does not exist.
+and a directory's complete list of names (`Listing`): a name not in it does not exist, and a
+name in it that S3 listed has the entry the listing showed.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Listing:
 
     names: set[str]
     expires: float
+    # The entries S3 listed, until this mount changes the name (create, unlink, rename).
+    entries: dict[str, Entry] = field(default_factory=dict)
 
 
 class InodeTable:
@@ -104,6 +107,7 @@ class InodeTable:
         """`node` is no longer at its path (deleted, replaced); it lives until forgotten."""
         if self.by_path.get(node.path) is node:
             del self.by_path[node.path]
+        self._unlist(node.path)
         node.detached = True
         self._maybe_drop(node)
 
@@ -152,6 +156,7 @@ class InodeTable:
         return False
 
     def set_missing(self, path: str) -> None:
+        self._unlist(path)
         if self.ttl <= 0:
             return
         self.negative[path] = self.clock() + self.ttl
@@ -175,15 +180,31 @@ class InodeTable:
 
     # -- complete listings -------------------------------------------------------------------
 
-    def set_listing(self, dir_path: str, names: set[str], expires: float) -> None:
-        """`names` are all the names in `dir_path` until `expires` (a listing's start + ttl)."""
+    def set_listing(self, dir_path: str, names: set[str], expires: float,
+                    entries: dict[str, Entry] | None = None) -> None:
+        """`names` are all the names in `dir_path` until `expires` (a listing's start + ttl);
+        `entries` what S3 listed for them."""
         if self.ttl <= 0 or len(names) > LISTING_NAMES_MAX:
             self.listings.pop(dir_path, None)
             return
-        self.listings[dir_path] = Listing(names, expires)
+        self.listings[dir_path] = Listing(names, expires, dict(entries or {}))
         self.listings.move_to_end(dir_path)
         while len(self.listings) > LISTINGS_MAX:
             self.listings.popitem(last=False)
+
+    def listed(self, path: str) -> Entry | None:
+        """The entry a fresh listing of `path`'s directory showed for it, if any."""
+        dir_path, _, name = path.rpartition("/")
+        listing = self.listings.get(dir_path)
+        if listing is None or listing.expires <= self.clock():
+            return None
+        return listing.entries.get(name)
+
+    def _unlist(self, path: str) -> None:
+        dir_path, _, name = path.rpartition("/")
+        listing = self.listings.get(dir_path)
+        if listing is not None:
+            listing.entries.pop(name, None)
 
     def drop_listings(self, path: str) -> None:
         """Forget the listings of `path` and of the directories below it."""
@@ -202,6 +223,7 @@ class InodeTable:
         listing = self.listings.get(dir_path)
         if listing is not None:
             listing.names.add(name)
+            listing.entries.pop(name, None)
             if len(listing.names) > LISTING_NAMES_MAX:
                 del self.listings[dir_path]
         self.drop_listings(path)

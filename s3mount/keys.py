@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from .config import S3_MAX_KEY_BYTES
 from .errors import FsError
@@ -44,12 +45,19 @@ def parent_of(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+HIDDEN_LOGGED_MAX = 4096
+
+
 @dataclass(frozen=True)
 class KeyMap:
     """Maps paths under the mount to keys under `prefix` ("" or ending in "/")."""
 
     prefix: str = ""
     dir_suffix: str = "/"
+    # Hidden keys already logged (the last HIDDEN_LOGGED_MAX): one line per key, although a
+    # directory is listed both for its lookup and for readdir.
+    _logged: OrderedDict[str, None] = field(default_factory=OrderedDict, compare=False,
+                                            repr=False)
 
     def file_key(self, path: str) -> str:
         return self.prefix + path
@@ -76,7 +84,10 @@ class KeyMap:
         raw = key[len(self.dir_prefix(dir_path)):]
         rest = raw[:-1] if raw.endswith("/") else raw
         if not valid_name(rest):
-            if raw:  # not for the directory's own marker (expected); `d//` (raw "/") is
-                log.debug("hiding key %r: not a valid file name", key)
+            if raw and key not in self._logged:  # not for the directory's own marker
+                log.debug("hiding key %r: not a valid file name", key)  # `d//` (raw "/") too
+                self._logged[key] = None
+                if len(self._logged) > HIDDEN_LOGGED_MAX:
+                    self._logged.popitem(last=False)
             return None
         return rest

@@ -44,20 +44,29 @@ class Namespace:
         return Entry("dir", 0, mtime if mtime is not None else self.mount_time)
 
     async def stat(self, path: str) -> Entry | None:
+        """The entry at `path` (see `stat_listing`)."""
+        return (await self.stat_listing(path))[0]
+
+    async def stat_listing(self, path: str, list_keys: int = 0
+                           ) -> tuple[Entry | None, dict[str, Entry] | None]:
         """The entry at `path`: a directory if any key lies below it or its marker exists,
-        else a file if its key exists, else None. The S3 calls run concurrently."""
+        else a file if its key exists, else None. The S3 calls run concurrently. With
+        `list_keys`, the LIST that looks below `path` asks for that many names, one level
+        deep: a directory holding no more comes back with its complete listing as well (what
+        `small_listing` returns), so that looking up its entries next costs no request."""
         if path == "":
-            return self.dir_entry()
+            return self.dir_entry(), None
         found: dict[str, object] = {}
 
         async def run(name: str, fn: object) -> None:
             found[name] = await fn  # type: ignore[misc]
 
+        prefix = self.keys.dir_prefix(path)
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(run, "file", self.store.head(self.keys.file_key(path)))
                 n.start_soon(run, "below", self.store.list_page(
-                    self.keys.dir_prefix(path), None, None, 1))
+                    prefix, "/" if list_keys else None, None, max(list_keys, 1)))
                 if self.keys.dir_suffix != "/":
                     n.start_soon(run, "marker", self.store.head(self.keys.marker_key(path)))
         except BaseExceptionGroup as group:
@@ -65,16 +74,18 @@ class Namespace:
         below = found["below"]
         marker = found.get("marker")
         assert isinstance(below, ListPage)
-        if below.objects or marker is not None:
+        if below.objects or below.prefixes or marker is not None:
             mtime = marker.mtime if isinstance(marker, ObjectInfo) else None
             if mtime is None and below.objects and below.objects[0].key == self.keys.marker_key(
                     path):
                 mtime = below.objects[0].mtime
-            return self.dir_entry(mtime)
+            listing = (self._listing(path, prefix, below)
+                       if list_keys and below.next_token is None else None)
+            return self.dir_entry(mtime), listing
         info = found["file"]
         if isinstance(info, ObjectInfo):
-            return Entry("file", info.size, info.mtime, info.etag)
-        return None
+            return Entry("file", info.size, info.mtime, info.etag), None
+        return None, None
 
     async def children(self, path: str) -> AsyncIterator[tuple[str, Entry]]:
         """Every (name, entry) in directory `path`, each name once, directories winning."""
@@ -100,6 +111,10 @@ class Namespace:
         page = await self.store.list_page(prefix, "/", None, self.page_size)
         if page.next_token is not None:
             return None
+        return self._listing(path, prefix, page)
+
+    def _listing(self, path: str, prefix: str, page: ListPage) -> dict[str, Entry]:
+        """The entries of one complete page, each name once, directories winning."""
         shadows = _Shadows(self.keys.dir_suffix, self)
         out: dict[str, Entry] = {}
         for rel, name, entry in self._page_items(path, prefix, page):

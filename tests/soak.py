@@ -296,12 +296,15 @@ def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[
         + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in faults.items())
         + f". The proxy saw: {injected}.", "",
         "| outcome | count |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-        f"Elapsed {elapsed:.0f} s; peak RSS of the mount over the whole soak {hwm:.0f} MiB: "
-        "its budgets are `--max-memory` 24 MiB and `--read-memory` 128 MiB on top of about "
-        "60 MiB for the process at idle.", "",
+        f"Elapsed {elapsed:.0f} s; peak RSS of the mount over the whole soak {hwm:.0f} MiB. "
+        "What the README says to expect: about 60 MiB for the process at idle, `--max-memory` "
+        "24 MiB, `--read-memory` 128 MiB, and up to 1 MiB per file operation in flight "
+        f"({args.writers + args.readers} processes here, a reader with up to two requests "
+        f"once the kernel reads ahead: about {args.writers + 2 * args.readers} MiB), so "
+        f"about {60 + 24 + 128 + args.writers + 2 * args.readers} MiB.", "",
         "The fast fault tests (`tests/test_faults.py`, part of `make test`) check each fault "
         "on its own: 10% errors and 5% resets during a dd, rewritten part ETags (caught every "
-        "time: resent, or EIO at close), truncated GET bodies (the bytes read are right), an "
+        "time: resent, or EIO at close), truncated GET bodies (the bytes read are right), a "
         "60 s outage (the writer waits, the object verifies), an outage past "
         "`--write-deadline` (close fails with EIO, no object), reads during an outage (EIO "
         "within `--read-deadline`), and an endpoint answering malformed XML with a huge "

@@ -152,9 +152,7 @@ class S3Fs(pyfuse3.Operations):
             return await self.ns.stat(path)
         if parent.writes == writes and self.inodes.by_path.get(dir_path) is parent:
             # (else this mount added a name since the LIST began, which it may lack)
-            names = set(entries) | {n.path.rpartition("/")[2]
-                                    for n in self.uploads.nodes_in(dir_path)}
-            self.inodes.set_listing(dir_path, names, started + self.inodes.ttl, entries)
+            self._keep_listing(dir_path, entries, started)
         return entries.get(name)
 
     async def _stat_and_list(self, path: str) -> Entry | None:
@@ -168,10 +166,15 @@ class S3Fs(pyfuse3.Operations):
         if (entries is not None and node is before
                 and (before is None or before.writes == writes)):
             # (else this mount may have added a name since the LIST began)
-            names = set(entries) | {n.path.rpartition("/")[2]
-                                    for n in self.uploads.nodes_in(path)}
-            self.inodes.set_listing(path, names, started + self.inodes.ttl, entries)
+            self._keep_listing(path, entries, started)
         return entry
+
+    def _keep_listing(self, dir_path: str, entries: dict[str, Entry], started: float) -> None:
+        """Keep a complete listing that began at `started`, with the files being written
+        here (not in S3 yet, but they exist)."""
+        names = set(entries) | {n.path.rpartition("/")[2]
+                                for n in self.uploads.nodes_in(dir_path)}
+        self.inodes.set_listing(dir_path, names, started + self.inodes.ttl, entries)
 
     async def refresh(self, node: Node) -> Node:
         """Re-read a file's attributes from S3 if they are stale."""

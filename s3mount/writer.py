@@ -17,12 +17,12 @@ says so switches the mount to an additional checksum (`checksum.py`, CRC32C unle
 
 from __future__ import annotations
 
+import enum
 import errno
 import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,11 +35,15 @@ from .etag import etag_is_md5, multipart_etag
 from .schedule import PartSchedule
 from .store import Extra, ObjectInfo, Sent, Store
 
-if TYPE_CHECKING:
-    from .inodes import Node
-
 log = logging.getLogger(__name__)
 PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
+
+
+class UploadState(enum.Enum):
+    OPEN = "open"  # taking writes
+    COMPLETING = "completing"  # closed: the last parts, completion and verification run
+    DONE = "done"  # complete and verified
+    FAILED = "failed"  # aborted; `error` says why
 
 
 class _NeedRoom(Exception):
@@ -54,8 +58,8 @@ def _hashes(view: memoryview, algo: Algorithm | None) -> tuple[bytes, Extra | No
 class Upload:
     """One file being written: its parts, their MD5s and ETags, and its outcome."""
 
-    def __init__(self, mgr: Uploads, key: str, node: Node) -> None:
-        self.mgr, self.store, self.key, self.node = mgr, mgr.store, key, node
+    def __init__(self, mgr: Uploads, key: str) -> None:
+        self.mgr, self.store, self.key = mgr, mgr.store, key
         self.bytes_written = 0
         self.bytes_uploaded = 0  # in parts whose ETag matched
         self.started = time.monotonic()
@@ -69,7 +73,7 @@ class Upload:
         self.upload_id: str | None = None
         self.error: FsError | None = None
         self.result: ObjectInfo | None = None
-        self.state = "open"  # open -> completing -> done | failed
+        self.state = UploadState.OPEN
         self.lock = trio.Lock()
         self.inflight = 0
         self.settled = trio.lowlevel.ParkingLot()  # woken when a part task ends
@@ -79,7 +83,7 @@ class Upload:
 
     async def write(self, off: int, data: bytes) -> int:
         async with self.lock:
-            if self.error is not None and self.state == "open":
+            if self.error is not None and self.state is UploadState.OPEN:
                 await self._fail(self.error)  # a part failed in the background
             self._check_open()
             if off != self.bytes_written:
@@ -123,7 +127,7 @@ class Upload:
         if self.error is not None:
             raise FsError(f"{self.key}: the upload failed ({self.error}); nothing more can "
                           "be written", self.error.errno_)
-        if self.state != "open":
+        if self.state is not UploadState.OPEN:
             raise FsError(f"{self.key}: the upload was already completed (close, flush or "
                           "fsync); reopen the file with O_TRUNC to write it again", errno.EBADF)
 
@@ -170,7 +174,7 @@ class Upload:
         """Background task: never raises; a failure is kept for the writer to see."""
         try:
             async with self.mgr.part_slots:
-                if self.state == "failed":
+                if self.state is UploadState.FAILED:
                     return
                 with part.view() as view:
                     digest, extra = await trio.to_thread.run_sync(
@@ -226,8 +230,8 @@ class Upload:
     async def complete(self) -> ObjectInfo:
         """Finish, verify and return the object; idempotent. Raises the upload's failure."""
         async with self.lock:
-            if self.state == "open":
-                self.state = "completing"
+            if self.state is UploadState.OPEN:
+                self.state = UploadState.COMPLETING
                 self.mgr.nursery.start_soon(self._complete_task)
         await self.done.wait()
         if self.error is not None:
@@ -238,7 +242,7 @@ class Upload:
     async def _complete_task(self) -> None:
         try:
             self.result = await self._finish()
-            self.state = "done"
+            self.state = UploadState.DONE
             log.info("%s: uploaded and verified, %d bytes, ETag %s%s", self.key,
                      self.result.size, self.result.etag,
                      f", {self.algo.s3_name} {self.result.checksum}" if self.algo else "")
@@ -337,7 +341,7 @@ class Upload:
     async def _fail(self, exc: FsError) -> None:
         """Record the failure, abort the multipart upload, free the buffers."""
         self.error = self.error or exc
-        self.state = "failed"
+        self.state = UploadState.FAILED
         if self.part is not None:
             self.part.free(self.mgr.budget)
             self.part = None
@@ -355,7 +359,7 @@ class Upload:
             self.mgr.forget(self)
 
     async def abort(self, reason: str) -> None:
-        if self.state in ("done", "failed"):
+        if self.state in (UploadState.DONE, UploadState.FAILED):
             return
         log.error("%s: upload aborted: %s", self.key, reason)
         await self._fail(FsError(f"{self.key}: {reason}", errno.EIO))
@@ -397,14 +401,14 @@ class Uploads:
                         encryption, algo.s3_name)
         return False
 
-    def start(self, key: str, node: Node) -> Upload:
-        up = Upload(self, key, node)
+    def start(self, key: str) -> Upload:
+        up = Upload(self, key)
         self.active[id(up)] = up
         return up
 
     def forget(self, up: Upload) -> None:
         if self.active.pop(id(up), None) is not None:
-            if up.state == "done":
+            if up.state is UploadState.DONE:
                 self.completed += 1
                 self.completed_bytes += up.bytes_written
             else:
@@ -412,17 +416,12 @@ class Uploads:
         if not self.active:
             self.budget.trim()
 
-    def nodes_in(self, dir_path: str) -> list[Node]:
-        """Nodes of files being written directly inside `dir_path`."""
-        return [u.node for u in self.active.values()
-                if u.node.path.rpartition("/")[0] == dir_path and not u.node.detached]
-
     def __iter__(self) -> Iterator[Upload]:
         return iter(list(self.active.values()))
 
     async def abort_all(self, reason: str) -> int:
         """Abort every upload, completing ones too (a second SIGTERM); returns how many."""
-        ups = [up for up in self if up.state in ("open", "completing")]
+        ups = [up for up in self if up.state in (UploadState.OPEN, UploadState.COMPLETING)]
         for up in ups:
             await up.abort(reason)
         return len(ups)
@@ -430,7 +429,7 @@ class Uploads:
     async def shutdown(self) -> None:
         """Completing uploads finish; uploads still open (never closed) are aborted."""
         for up in self:
-            if up.state == "open":
+            if up.state is UploadState.OPEN:
                 await up.abort("the file was still open when the mount stopped")
         for up in self:
             await up.done.wait()

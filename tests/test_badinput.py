@@ -27,7 +27,7 @@ import trio
 
 from s3mount.config import Config
 from s3mount.keys import KeyMap
-from s3mount.namespace import Namespace
+from s3mount.s3view import S3View
 from s3mount.store import ListPage, ObjectInfo, S3Store
 from tests.conftest import Mount, get, keys, put
 from tests.seaweed import SeaweedServer, find_weed
@@ -138,7 +138,7 @@ async def test_keys_that_are_no_valid_names(config: Config, s3: Any, bucket: str
     hostile = {"": (["nul\0x", ".", ".."], ["./", "../", "nul\0dir/"]),
                "a/": (["a/.", "a/.."], ["a//"])}  # `a//b` lists as prefix `a//` under `a/`
     store = InjectedListing(S3Store(config), hostile)
-    ns = Namespace(store, KeyMap())  # type: ignore[arg-type]
+    ns = S3View(store, KeyMap())  # type: ignore[arg-type]
     with caplog.at_level(logging.DEBUG, logger="s3mount.keys"):
         root = [name async for name, _ in ns.children("")]
         below = [name async for name, _ in ns.children("a")]

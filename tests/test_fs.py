@@ -18,7 +18,7 @@ from s3mount.config import Config
 from s3mount.errors import TransientError
 from s3mount.fs import S3Fs
 from s3mount.keys import KeyMap
-from s3mount.namespace import Namespace
+from s3mount.s3view import S3View
 from s3mount.store import S3Store
 from tests.conftest import get, keys, put
 from tests.faults import FaultyStore
@@ -139,7 +139,7 @@ async def test_unexpected_exception_is_eio_and_mount_keeps_serving(
 async def test_listing_pages_dedupes_and_hides(config: Config, s3: Any, bucket: str) -> None:
     for k in ["a", "a!", "a.txt", "a/x", "b/", "c", "sub/deep/f"]:
         put(s3, bucket, k, b"")
-    ns = Namespace(S3Store(config), KeyMap(), page_size=2)  # many pages, shadows across them
+    ns = S3View(S3Store(config), KeyMap(), page_size=2)  # many pages, shadows across them
     got = {name: e.kind async for name, e in ns.children("")}
     assert got == {"a": "dir", "a!": "file", "a.txt": "file", "b": "dir", "c": "file",
                    "sub": "dir"}
@@ -149,7 +149,7 @@ async def test_custom_dir_suffix(config: Config, s3: Any, bucket: str) -> None:
     put(s3, bucket, "d_$folder$", b"")
     put(s3, bucket, "d", b"shadowed file")
     put(s3, bucket, "e/f", b"1")
-    ns = Namespace(S3Store(config), KeyMap("", "_$folder$"), page_size=1)
+    ns = S3View(S3Store(config), KeyMap("", "_$folder$"), page_size=1)
     got = {name: e.kind async for name, e in ns.children("")}
     assert got == {"d": "dir", "e": "dir"}
     entry = await ns.stat("d")

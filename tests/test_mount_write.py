@@ -347,3 +347,17 @@ def test_sixteen_concurrent_writers(mount_factory: Callable[..., Mount], s3: Any
         assert get(s3, bucket, f"c{i}.bin") == src.read_bytes()
     # 16 files x 21 MiB passed through; buffers are bounded by --max-memory (20 MiB)
     assert vm_hwm_kib(m.proc.pid) < 200 * 1024
+
+
+def test_calls_right_after_close_see_the_settled_file(mounted: Mount, s3: Any,
+                                                      bucket: str) -> None:
+    """Release is asynchronous: `touch f; cat f`, and unlink or rename of an empty file just
+    closed (git's and borg's lock files), wait for it instead of failing (EPERM, EBUSY)."""
+    m = mounted.path
+    for i in range(20):  # the race is lost only now and then without settling
+        subprocess.run(f"touch {m}/t{i} && cat {m}/t{i} && : > {m}/l{i} && rm {m}/l{i} "
+                       f"&& : > {m}/r{i} && mv {m}/r{i} {m}/s{i} && echo x > {m}/s{i} "
+                       f"&& cat {m}/s{i} >/dev/null", shell=True, check=True)
+    assert sorted(keys(s3, bucket)) == sorted([f"t{i}" for i in range(20)]
+                                              + [f"s{i}" for i in range(20)])
+    assert get(s3, bucket, "s7") == b"x\n" and get(s3, bucket, "t3") == b""

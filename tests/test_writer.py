@@ -15,10 +15,9 @@ import trio
 from s3mount.config import Config, MiB
 from s3mount.errors import FsError, IntegrityError
 from s3mount.etag import stream_etag
-from s3mount.inodes import Node
 from s3mount.schedule import PartSchedule
 from s3mount.store import S3Store
-from s3mount.writer import Upload, Uploads
+from s3mount.writer import Upload, Uploads, UploadState
 from tests.conftest import get, keys, open_uploads
 from tests.faults import FaultyStore
 
@@ -50,7 +49,7 @@ async def test_sizes_round_trip_and_verify(config: Config, s3: Any, bucket: str,
                                            chunk: int) -> None:
     data = os.urandom(size)
     mgr = uploads(config, nursery)
-    up = mgr.start("f.bin", Node(2, "f.bin", "file"))
+    up = mgr.start("f.bin")
     await write_all(up, data, chunk)
     info = await up.complete()
     assert get(s3, bucket, "f.bin") == data
@@ -65,7 +64,7 @@ async def test_schedule_stage_crossing(config: Config, s3: Any, bucket: str,
                                        nursery: trio.Nursery) -> None:
     config = replace(config, part_growth_every=2, max_memory=40 * MiB)
     data = os.urandom(31 * MiB)  # parts 5, 5, 10, 10, 1 MiB
-    up = uploads(config, nursery).start("grow.bin", Node(2, "grow.bin", "file"))
+    up = uploads(config, nursery).start("grow.bin")
     await write_all(up, data)
     await up.complete()
     assert up.parts_started == 5
@@ -81,7 +80,7 @@ async def test_corrupt_part_etag_is_resent(config: Config, s3: Any, bucket: str,
     store = FaultyStore(S3Store(config))
     store.corrupt_part_etags = 1
     data = os.urandom(2 * P + 7)
-    up = uploads(config, nursery, store).start("c.bin", Node(2, "c.bin", "file"))
+    up = uploads(config, nursery, store).start("c.bin")
     await write_all(up, data)
     with caplog.at_level(logging.WARNING):
         await up.complete()
@@ -99,7 +98,7 @@ async def test_persistent_part_fault_fails_close_and_leaves_nothing(
         store.corrupt_part_etags = 1000
     else:
         store.fail_parts = 1000
-    up = uploads(config, nursery, store).start("bad.bin", Node(2, "bad.bin", "file"))
+    up = uploads(config, nursery, store).start("bad.bin")
     with pytest.raises(FsError) as exc:
         await write_all(up, os.urandom(3 * P))
         await up.complete()
@@ -115,7 +114,7 @@ async def test_final_etag_mismatch_removes_object(config: Config, s3: Any, bucke
                                                   nursery: trio.Nursery) -> None:
     store = FaultyStore(S3Store(config))
     store.wrong_head_etag = True
-    up = uploads(config, nursery, store).start("v.bin", Node(2, "v.bin", "file"))
+    up = uploads(config, nursery, store).start("v.bin")
     await write_all(up, os.urandom(P + 1))
     with pytest.raises(IntegrityError, match="verification failed"):
         await up.complete()
@@ -126,7 +125,7 @@ async def test_failed_single_put_leaves_nothing(config: Config, s3: Any, bucket:
                                                 nursery: trio.Nursery) -> None:
     store = FaultyStore(S3Store(config))
     store.fail_puts = 1
-    up = uploads(config, nursery, store).start("s.bin", Node(2, "s.bin", "file"))
+    up = uploads(config, nursery, store).start("s.bin")
     await write_all(up, b"small")
     with pytest.raises(FsError):
         await up.complete()
@@ -135,7 +134,7 @@ async def test_failed_single_put_leaves_nothing(config: Config, s3: Any, bucket:
 
 async def test_out_of_order_write_aborts(config: Config, s3: Any, bucket: str,
                                          nursery: trio.Nursery) -> None:
-    up = uploads(config, nursery).start("o.bin", Node(2, "o.bin", "file"))
+    up = uploads(config, nursery).start("o.bin")
     await write_all(up, os.urandom(P + 10))  # a multipart upload is open now
     assert open_uploads(s3, bucket) == ["o.bin"]
     with pytest.raises(FsError) as exc:
@@ -152,7 +151,7 @@ async def test_out_of_order_write_aborts(config: Config, s3: Any, bucket: str,
 
 async def test_write_after_complete_is_refused(config: Config, nursery: trio.Nursery,
                                                bucket: str) -> None:
-    up = uploads(config, nursery).start("w.bin", Node(2, "w.bin", "file"))
+    up = uploads(config, nursery).start("w.bin")
     await up.write(0, b"abc")
     await up.complete()
     with pytest.raises(FsError) as exc:
@@ -169,7 +168,7 @@ async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucke
     payloads = {f"c{i}.bin": os.urandom(2 * P + i * 1000) for i in range(16)}
 
     async def one(key: str, data: bytes) -> None:
-        up = mgr.start(key, Node(2, key, "file"))
+        up = mgr.start(key)
         await write_all(up, data)
         await up.complete()
 
@@ -189,7 +188,7 @@ async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, b
     store = FaultyStore(S3Store(config))
     store.part_delay = 1.0
     mgr = uploads(config, nursery, store)
-    up = mgr.start("slow.bin", Node(2, "slow.bin", "file"))
+    up = mgr.start("slow.bin")
     await write_all(up, os.urandom(2 * P + 1))
     outcome: list[BaseException | None] = []
 
@@ -202,11 +201,11 @@ async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, b
 
     nursery.start_soon(close)
     await trio.sleep(0.2)
-    assert up.state == "completing"
+    assert up.state is UploadState.COMPLETING
     assert await mgr.abort_all("aborted: SIGTERM received twice") == 1
     await up.done.wait()
     await trio.sleep(0.1)
-    assert up.state == "failed" and isinstance(outcome[0], FsError)
+    assert up.state is UploadState.FAILED and isinstance(outcome[0], FsError)
     assert keys(s3, bucket) == [] and open_uploads(s3, bucket) == []
     assert mgr.failed == 1 and mgr.completed == 0
 
@@ -214,12 +213,12 @@ async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, b
 async def test_shutdown_aborts_open_uploads(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery) -> None:
     mgr = uploads(config, nursery)
-    up = mgr.start("open.bin", Node(2, "open.bin", "file"))
+    up = mgr.start("open.bin")
     await write_all(up, os.urandom(P + 1))
-    done = mgr.start("done.bin", Node(3, "done.bin", "file"))
+    done = mgr.start("done.bin")
     await done.write(0, b"ok")
     await done.complete()
     await mgr.shutdown()
-    assert up.state == "failed"
+    assert up.state is UploadState.FAILED
     assert keys(s3, bucket) == ["done.bin"]
     assert open_uploads(s3, bucket) == []

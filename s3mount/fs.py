@@ -25,7 +25,7 @@ from .errors import FsError
 from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
 from .inodes import Node
 from .namespace import Namespace
-from .reader import Readers
+from .reader import Reader, Readers
 from .s3view import Entry
 from .writer import Uploads, UploadState
 
@@ -112,11 +112,11 @@ class S3Fs(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = await self.ns.getattr(inode)
         if fields.update_size:
-            self.ns.check_writable()
-            if attr.st_size != self.ns.size(node):
-                raise FsError(f"{node.path!r}: truncate to {attr.st_size} bytes is not "
-                              "supported (only to the current size, or to 0 at open)",
-                              errno.EOPNOTSUPP)
+            h = self.handles.get(fh) if fh is not None else None
+            if isinstance(h, WriteHandle):
+                h.upload = await self.ns.truncate(node, attr.st_size, h.upload, handle=True)
+            else:
+                await self.ns.truncate(node, attr.st_size, None, handle=False)
         # mode, owner and times are accepted and not stored: S3 has no place for them yet,
         # and tools such as cp -a and tar must not fail on plain files.
         return self.attrs(node)
@@ -236,12 +236,17 @@ class S3Fs(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             node, upload = await self.ns.open_write(inode, flags)
-            fh = self.handles.add(WriteHandle(node, upload, ctx.pid))
+            reader = None
+            if upload is None and flags & os.O_ACCMODE == os.O_RDWR:
+                reader = self._reader(node)
+            fh = self.handles.add(WriteHandle(node, upload, ctx.pid, reader))
             return pyfuse3.FileInfo(fh=fh, keep_cache=False)
         node = await self.ns.open_read(inode)
-        reader = self.readers.open(self.ns.keys.file_key(node.path), node.etag, node.size)
-        fh = self.handles.add(ReadHandle(node, reader))
+        fh = self.handles.add(ReadHandle(node, self._reader(node)))
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    def _reader(self, node: Node) -> Reader:
+        return self.readers.open(self.ns.keys.file_key(node.path), node.etag, node.size)
 
     @_fuse_errors
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
@@ -254,21 +259,24 @@ class S3Fs(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         h = self.handles.get(fh)
-        if not isinstance(h, ReadHandle):
+        reader = h.reader if isinstance(h, ReadHandle | WriteHandle) else None
+        if reader is None or (isinstance(h, WriteHandle) and h.upload is not None):
             raise FsError("this handle was opened for writing only", errno.EBADF)
-        return await h.reader.read(off, size)
+        return await reader.read(off, size)
 
     @_fuse_errors
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         h = self.handles.get(fh)
         if not isinstance(h, WriteHandle):
             raise FsError("this handle was opened for reading only", errno.EBADF)
+        if h.upload is None:
+            raise self.ns.refuse_in_place(h.node, off)
         return await h.upload.write(off, buf)
 
     @_fuse_errors
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         h = self.handles.get(fh)
-        if not isinstance(h, WriteHandle):
+        if not isinstance(h, WriteHandle) or h.upload is None:
             return
         if h.upload.state is UploadState.FAILED:  # reported (and logged) when it happened
             raise pyfuse3.FUSEError(h.upload.error.errno_ if h.upload.error else errno.EIO)
@@ -279,16 +287,16 @@ class S3Fs(pyfuse3.Operations):
     @_fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         h = self.handles.get(fh)
-        if isinstance(h, WriteHandle):
+        if isinstance(h, WriteHandle) and h.upload is not None:
             await self.ns.finish_write(h.node, h.upload)
 
     @_fuse_errors
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         h = self.handles.pop(fh)
         try:
-            if isinstance(h, ReadHandle):
+            if isinstance(h, ReadHandle | WriteHandle) and h.reader is not None:
                 h.reader.close()
-            elif isinstance(h, WriteHandle):
+            if isinstance(h, WriteHandle) and h.upload is not None:
                 self.ns.released(h.node, h.upload)
                 if h.upload.state is UploadState.OPEN:
                     await self.ns.finish_write(h.node, h.upload)  # its error is logged; the

@@ -32,9 +32,13 @@ class ReadHandle:
 
 @dataclass(eq=False)
 class WriteHandle:
+    """A file opened for writing. `upload` is None while an existing file opened without
+    O_TRUNC is unchanged (it may be read through `reader` if opened O_RDWR)."""
+
     node: Node
-    upload: Upload
+    upload: Upload | None
     pid: int = 0
+    reader: Reader | None = None
 
 
 Handle = DirHandle | ReadHandle | WriteHandle

@@ -347,18 +347,60 @@ class Namespace:
         self.inodes.opened(node)
         return node
 
-    async def open_write(self, ino: int, flags: int) -> tuple[Node, Upload]:
-        """An existing file opened for writing: a new upload that will replace it."""
+    async def open_write(self, ino: int, flags: int) -> tuple[Node, Upload | None]:
+        """An existing file opened for writing. With O_TRUNC, a new upload that will replace
+        it; without, no upload yet (None): the object stays as it is unless the handle
+        truncates it to 0 (`truncate`), and a write that would change it is refused."""
         node = self.inodes.get(ino)
         if node.kind == "dir":
             raise FsError(f"{node.path!r} is a directory", errno.EISDIR)
         self.check_writable()
-        if not flags & os.O_TRUNC:
-            raise FsError(f"{node.path!r} exists: S3 objects can only be replaced whole, so "
-                          "open it with O_TRUNC (as cp, dd and > do); appending and in-place "
-                          "edits are not supported", errno.EPERM)
         await self.settle(node)
-        return node, self._start_write(node)
+        if flags & os.O_TRUNC:
+            upload = self._start_write(node)
+        elif node.writing:
+            raise FsError(f"{node.path!r} is already being written by another handle; "
+                          "S3 takes one writer per object", errno.EPERM)
+        else:
+            node, upload = await self.refresh(node), None
+        self.inodes.opened(node)
+        return node, upload
+
+    def refuse_in_place(self, node: Node, off: int) -> FsError:
+        """The error for a write into an existing object that was not truncated first."""
+        return FsError(f"{node.path!r}: a write at offset {off} would change the existing "
+                       f"object ({node.size} bytes) in place; S3 objects can only be replaced "
+                       "whole: open it with O_TRUNC (as cp, dd and > do) or truncate it to 0 "
+                       "first", errno.EPERM)
+
+    async def truncate(self, node: Node, size: int, upload: Upload | None,
+                       handle: bool) -> Upload | None:
+        """Truncate `node` to `size` bytes, through a write handle (`handle`; `upload` is what
+        it writes, None if nothing yet) or by path. Returns the handle's upload: a file opened
+        without O_TRUNC and truncated to 0 becomes a new upload, as if opened with O_TRUNC."""
+        self.check_writable()
+        if upload is not None or size == self.size(node):
+            if size != self.size(node):
+                raise FsError(f"{node.path!r}: truncate to {size} bytes is not supported "
+                              "(only to the current size, or to 0 before writing)",
+                              errno.EOPNOTSUPP)
+            return upload
+        if size != 0:
+            raise FsError(f"{node.path!r}: truncate to {size} bytes is not supported (only to "
+                          "the current size, or to 0 before writing)", errno.EOPNOTSUPP)
+        await self.settle(node)
+        if handle:
+            return self._start_write(node)
+        if node.writing:
+            raise FsError(f"{node.path!r} is being written; close it before truncating it",
+                          errno.EBUSY)
+        sent = await self.store.put(self.keys.check_key(node.path), b"", EMPTY_MD5)
+        if sent.etag != EMPTY_MD5.hex() and sent.encryption is None:
+            raise FsError(f"{node.path!r}: truncated to 0 bytes, but S3 answered ETag "
+                          f"{sent.etag} for the empty object", errno.EIO)
+        self.inodes.upsert(node.path, Entry("file", 0, time.time(), sent.etag))
+        self.inodes.wrote(node.path)
+        return None
 
     async def create(self, parent_ino: int, raw: bytes) -> tuple[Node, Upload]:
         """A new (or replaced) file at the name, being written; known to the kernel."""
@@ -374,6 +416,7 @@ class Namespace:
         if node is None or not node.writing:
             node = self.inodes.upsert(path, Entry("file", 0, time.time()))
         upload = self._start_write(node)
+        self.inodes.opened(node)
         self.inodes.looked_up(node)
         self.inodes.wrote(path)
         return node, upload
@@ -386,7 +429,6 @@ class Namespace:
         self.writing[node.ino] = Writing(node, upload)
         node.writing = True
         node.mtime = time.time()
-        self.inodes.opened(node)
         return upload
 
     # -- the end of a write -----------------------------------------------------------------

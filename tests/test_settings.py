@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from s3mount.cli import build_config, parse_mount_args
 from s3mount.config import MiB
 from s3mount.errors import QuietError
+from s3mount.options import build_config, parse_mount_args
 from s3mount.settings import parse_mount_options, read_keyfile
 from tests.conftest import get, put, s3mount_cmd
 from tests.seaweed import SeaweedServer

@@ -78,7 +78,7 @@ class S3Fs(pyfuse3.Operations):
         is_dir = node.kind == "dir"
         a.st_mode = ((stat.S_IFDIR | self.config.dir_mode) if is_dir
                      else (stat.S_IFREG | self.config.file_mode))
-        a.st_nlink = 2 if is_dir else 1
+        a.st_nlink = 0 if node.detached else 2 if is_dir else 1  # 0: unlinked, still open
         a.st_uid, a.st_gid = self.config.uid, self.config.gid
         size = self.ns.size(node)
         a.st_size = size
@@ -204,9 +204,6 @@ class S3Fs(pyfuse3.Operations):
         await self.ns.rename(parent_inode_old, name_old, parent_inode_new, name_new,
                              noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
 
-    # -- what S3 cannot store: one log line each, and EPERM, which symlink(2), link(2) and
-    # mknod(2) give on a filesystem without them (left unimplemented, FUSE would say ENOSYS)
-
     @_fuse_errors
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
@@ -218,16 +215,16 @@ class S3Fs(pyfuse3.Operations):
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
                    new_name: pyfuse3.FileNameT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise FsError(f"hard link {new_name.decode(errors='replace')!r} to "
-                      f"{self.ns.node(inode).path!r}: S3 has no hard links; copy the file "
-                      "instead", errno.EPERM)
+        return self.attrs(await self.ns.link(inode, new_parent_inode, new_name))
 
     @_fuse_errors
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
                     rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if stat.S_ISREG(mode):
+            return self.attrs(await self.ns.make_empty(parent_inode, name))
+        # EPERM, as mknod(2) gives on a filesystem without them (FUSE alone says ENOSYS)
         raise FsError(f"mknod {name.decode(errors='replace')!r} (mode {mode:o}): S3 cannot "
-                      "store FIFOs, sockets or device nodes; create regular files with "
-                      "open(O_CREAT)", errno.EPERM)
+                      "store FIFOs, sockets or device nodes", errno.EPERM)
 
     # -- files ------------------------------------------------------------------------------
 

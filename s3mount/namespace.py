@@ -334,6 +334,48 @@ class Namespace:
         self.inodes.drop_listings(old)
         self._pin_parent(old_parent)
 
+    async def make_empty(self, parent_ino: int, raw: bytes) -> Node:
+        """A new empty file at the name, stored at once (mknod of a regular file)."""
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        key = self.keys.check_key(path)
+        if await self._resolve_or_none(path) is not None:
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        sent = await self.store.put(key, b"", EMPTY_MD5)
+        if sent.etag != EMPTY_MD5.hex() and sent.encryption is None:
+            raise FsError(f"{path!r}: S3 answered ETag {sent.etag} for an empty object",
+                          errno.EIO)
+        node = self.inodes.upsert(path, Entry("file", 0, time.time(), sent.etag))
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        return node
+
+    async def link(self, ino: int, parent_ino: int, raw: bytes) -> Node:
+        """A second name for a file: a verified server-side copy. The two names do not share
+        later changes (S3 has no hard links)."""
+        self.check_writable()
+        src = self.inodes.get(ino)
+        if src.kind == "dir":
+            raise FsError(f"{src.path!r} is a directory: no hard links to directories",
+                          errno.EPERM)
+        path = self.path_of(parent_ino, raw)
+        key = self.keys.check_key(path)
+        await self.settle(src)
+        if src.writing:
+            raise FsError(f"{src.path!r} is being written; close it before linking it",
+                          errno.EBUSY)
+        if await self._resolve_or_none(path) is not None:
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        info = await self.store.head(self.keys.file_key(src.path))
+        if info is None:
+            self.inodes.detach(src)
+            raise not_found(src.path)
+        copied = await self.renamer.copy(info, key)
+        node = self.inodes.upsert(path, Entry("file", copied.size, copied.mtime, copied.etag))
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        return node
+
     async def open_read(self, ino: int) -> Node:
         """A file to read, with fresh attributes; counted open until `closed`."""
         node = self.inodes.get(ino)

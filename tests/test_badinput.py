@@ -231,24 +231,53 @@ def test_unicode_normalisation_forms_are_distinct(mount_factory: Callable[..., M
 # -- operations S3 cannot express -------------------------------------------------------------
 
 
-def test_symlink_hard_link_and_mknod_are_eperm(mount_factory: Callable[..., Mount], s3: Any,
-                                               bucket: str) -> None:
+def test_symlink_fifo_and_device_are_eperm_link_and_mknod_file_work(
+        mount_factory: Callable[..., Mount], s3: Any, bucket: str, tmp_path: Path) -> None:
     put(s3, bucket, "f", b"data")
     m = mount_factory(bucket)
-    m.allowed_errors += ["S3 has no symbolic links", "S3 has no hard links",
-                         "S3 cannot store FIFOs"]
+    m.allowed_errors += ["S3 has no symbolic links", "S3 cannot store FIFOs"]
     assert oserror(lambda: os.symlink("f", m.path / "ln")) == errno.EPERM
-    assert oserror(lambda: os.link(m.path / "f", m.path / "hl")) == errno.EPERM
     assert oserror(lambda: os.mkfifo(m.path / "fifo")) == errno.EPERM
     assert oserror(lambda: os.mknod(m.path / "dev", stat.S_IFCHR | 0o600,
                                     os.makedev(1, 3))) == errno.EPERM
     r = subprocess.run(["ln", "-s", "f", str(m.path / "ln2")], capture_output=True, text=True)
     assert r.returncode == 1 and "Operation not permitted" in r.stderr
-    assert keys(s3, bucket) == ["f"]
     assert oserror(lambda: os.lstat(m.path / "ln")) == errno.ENOENT
     assert len(log_lines(m, "S3 has no symbolic links")) == 2
-    assert len(log_lines(m, "S3 has no hard links")) == 1
     assert len(log_lines(m, "S3 cannot store FIFOs")) == 2
+    # mknod of a regular file makes an empty file, as open(O_CREAT) does
+    os.mknod(m.path / "empty", stat.S_IFREG | 0o644)
+    assert oserror(lambda: os.mknod(m.path / "empty", stat.S_IFREG | 0o644)) == errno.EEXIST
+    # a hard link is a verified server-side copy: the names do not share later changes
+    os.link(m.path / "f", m.path / "hl")
+    assert (m.path / "hl").read_bytes() == b"data"
+    assert oserror(lambda: os.link(m.path / "f", m.path / "hl")) == errno.EEXIST
+    assert sorted(keys(s3, bucket)) == ["empty", "f", "hl"]
+    assert get(s3, bucket, "empty") == b"" and get(s3, bucket, "hl") == b"data"
+    # tar -x of an archive with hard links: the second name is there, with the bytes
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"linked bytes")
+    os.link(src / "a", src / "b")
+    subprocess.run(["tar", "-cf", str(tmp_path / "t.tar"), "-C", str(src), "a", "b"],
+                   check=True)
+    (m.path / "x").mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "t.tar"), "-C", str(m.path / "x")],
+                   check=True)
+    assert get(s3, bucket, "x/a") == get(s3, bucket, "x/b") == b"linked bytes"
+
+
+def test_unlinked_open_file_has_no_links(mount_factory: Callable[..., Mount], s3: Any,
+                                         bucket: str) -> None:
+    put(s3, bucket, "f", b"data")
+    m = mount_factory(bucket)
+    fd = os.open(m.path / "f", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_nlink == 1
+        os.unlink(m.path / "f")
+        assert os.fstat(fd).st_nlink == 0  # POSIX: no name left
+    finally:
+        os.close(fd)
 
 
 def getlk_from_another_process(path: Path) -> tuple[int, int]:

@@ -312,7 +312,8 @@ class Namespace:
             return
         dst = await self._resolve_or_none(new)
         if dst is not None:
-            if dst.kind == "dir" and not await self.view.is_empty(new):
+            if dst.kind == "dir" and (self._being_written_in(new)
+                                      or not await self.view.is_empty(new)):
                 raise FsError(f"{new!r} is a directory that is not empty", errno.ENOTEMPTY)
             await self.settle(dst)
         renamer.check(src.kind, old, dst.kind if dst else None, new, noreplace)

@@ -17,6 +17,10 @@ from typing import Any
 import pytest
 
 from s3mount.config import Config
+from s3mount.settings import Credentials
+from tests.motoserver import ACCESS_KEY as MOTO_ACCESS_KEY
+from tests.motoserver import SECRET_KEY as MOTO_SECRET_KEY
+from tests.motoserver import MotoServer
 from tests.seaweed import SeaweedServer
 
 _bucket_numbers = itertools.count(1)
@@ -56,6 +60,27 @@ def config(s3server: SeaweedServer, bucket: str, tmp_path: Path) -> Config:
     return Config(bucket=bucket, mountpoint=str(tmp_path / "mnt"),
                   endpoint_url=s3server.endpoint_url, part_size=5 * 1024 * 1024,
                   max_memory=20 * 1024 * 1024, retries=2, write_deadline=30)
+
+
+@pytest.fixture(scope="session")
+def motoserver() -> Iterator[MotoServer]:
+    """moto's S3 server: a second S3 implementation, in memory (keep objects small)."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto_config(motoserver: MotoServer, request: pytest.FixtureRequest,
+                tmp_path: Path) -> Config:
+    """Like `config`, for a fresh bucket on moto's server."""
+    name = f"m{next(_bucket_numbers)}-{os.getpid()}"
+    client = motoserver.client()
+    client.create_bucket(Bucket=name)
+    client.close()
+    return Config(bucket=name, mountpoint=str(tmp_path / "mnt"),
+                  endpoint_url=motoserver.endpoint_url, part_size=5 * 1024 * 1024,
+                  max_memory=20 * 1024 * 1024, retries=2, write_deadline=30,
+                  credentials=Credentials(MOTO_ACCESS_KEY, MOTO_SECRET_KEY, "moto"))
 
 
 def put(s3: Any, bucket: str, key: str, body: bytes = b"x") -> None:

@@ -109,7 +109,7 @@ class MemStore:
 
     # -- helpers for tests ------------------------------------------------------------------
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def stored_keys(self, prefix: str = "") -> list[str]:
         return sorted(k for k in self.objects if k.startswith(prefix))
 
     def data(self, key: str) -> bytes:

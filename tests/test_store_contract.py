@@ -159,6 +159,7 @@ async def test_put_head_delete(target: Target) -> None:
     await t.store.delete("k")  # deleting what is not there is no error
 
 
+@pytest.mark.expect_log(r"^s3mount\.store: PUT k: BadDigest .*; retry \d+ in")
 async def test_put_with_wrong_md5_is_bad_digest(target: Target) -> None:
     if target.differs("ignores_content_md5"):
         sent = await target.store.put("k", b"hello", md5(b"other"))
@@ -184,6 +185,7 @@ async def test_put_with_checksum_is_echoed_and_stored(target: Target, name: str)
     assert plain is not None and plain.checksum is None
 
 
+@pytest.mark.expect_log(r"^s3mount\.store: PUT k: BadDigest .*; retry \d+ in")
 async def test_put_with_wrong_checksum_is_refused(target: Target) -> None:
     algo = checksum.get("crc32c")
     wrong = (algo, algo.part(b"other"))
@@ -357,6 +359,10 @@ async def test_small_parts_are_refused_at_completion(target: Target) -> None:
     await t.store.abort_upload("k", started.upload_id)
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.store: PART 1 of k: BadDigest .*; retry \d+ in",
+    r"^s3mount\.store: (PART 1 of|COMPLETE) k: 500 Internal Server Error; retry \d+ in",
+)
 async def test_part_with_wrong_md5_and_aborted_upload(target: Target) -> None:
     t = target
     started = await t.store.create_upload("k")

@@ -130,6 +130,9 @@ class InjectedListing:
         return ListPage(page.objects + more, page.prefixes + prefixes, page.next_token)
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.fs: create: 'nul\\x00x' is not a valid name \(EINVAL\)$",
+)
 async def test_keys_that_are_no_valid_names(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery,
                                             caplog: pytest.LogCaptureFixture) -> None:
@@ -192,6 +195,10 @@ class MarkerWithData:
         return dataclasses.replace(page, objects=[self._sized(o) for o in page.objects])
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.fs: open: 'alone' is a directory \(EISDIR\)$",
+    r"^s3mount\.fs: rmdir: 'alone': its marker object 'alone/' holds \d+ bytes",
+)
 async def test_rmdir_keeps_a_marker_that_holds_data(config: Config, s3: Any, bucket: str,
                                                     nursery: trio.Nursery,
                                                     caplog: pytest.LogCaptureFixture) -> None:

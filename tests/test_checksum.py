@@ -26,6 +26,7 @@ from tests.conftest import get, keys, open_uploads
 from tests.faults import FaultyStore
 
 P = 5 * MiB
+KMS_LINE = r"^s3mount\.writer: bucket \S+ stores objects with aws:kms encryption, so their ETags"
 
 
 def local_composite(algo: checksum.Algorithm, data: bytes, part: int = P) -> str:
@@ -103,6 +104,9 @@ async def test_chosen_checksum_is_sent_and_verified(config: Config, s3: Any, buc
     assert info.etag == s3.head_object(Bucket=bucket, Key="f")["ETag"].strip('"')
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.writer: (once|never): part \d+ came back with CRC32C AAAAAA==, expected",
+)
 async def test_corrupt_part_checksum_is_resent_then_fails(config: Config, s3: Any,
                                                           bucket: str,
                                                           nursery: trio.Nursery) -> None:
@@ -210,6 +214,7 @@ class KmsStore(FaultyStore):
         return dataclasses.replace(info, etag=self._etag() + "-9", encryption="aws:kms")
 
 
+@pytest.mark.expect_log(KMS_LINE)
 async def test_kms_bucket_multipart_verified_by_crc32c(config: Config, s3: Any, bucket: str,
                                                        nursery: trio.Nursery,
                                                        caplog: pytest.LogCaptureFixture
@@ -233,6 +238,7 @@ async def test_kms_bucket_multipart_verified_by_crc32c(config: Config, s3: Any, 
     assert len(said) == 1 and "aws:kms" in said[0] and "CRC32C" in said[0]
 
 
+@pytest.mark.expect_log(KMS_LINE)
 async def test_kms_bucket_single_put_sent_again_with_checksum(config: Config, s3: Any,
                                                               bucket: str,
                                                               nursery: trio.Nursery) -> None:
@@ -247,6 +253,7 @@ async def test_kms_bucket_single_put_sent_again_with_checksum(config: Config, s3
     assert store.puts == [None, "crc32c", "crc32c"]  # only the first had to be sent twice
 
 
+@pytest.mark.expect_log(KMS_LINE)
 async def test_kms_bucket_with_sha256_chosen(config: Config, s3: Any, bucket: str,
                                              nursery: trio.Nursery) -> None:
     store = KmsStore(S3Store(config))

@@ -74,6 +74,7 @@ async def test_schedule_stage_crossing(config: Config, s3: Any, bucket: str,
     assert head_etag(s3, bucket, "grow.bin").endswith("-5")
 
 
+@pytest.mark.expect_log(r"^s3mount\.writer: c\.bin: part \d+ came back with ETag 0{32}, expected")
 async def test_corrupt_part_etag_is_resent(config: Config, s3: Any, bucket: str,
                                            nursery: trio.Nursery,
                                            caplog: pytest.LogCaptureFixture) -> None:
@@ -91,6 +92,7 @@ async def test_corrupt_part_etag_is_resent(config: Config, s3: Any, bucket: str,
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "fail"])
+@pytest.mark.expect_log(r"^s3mount\.writer: bad\.bin: part \d+ came back with ETag 0{32}, expected")
 async def test_persistent_part_fault_fails_close_and_leaves_nothing(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery, fault: str) -> None:
     store = FaultyStore(S3Store(config))
@@ -182,6 +184,9 @@ async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucke
     assert sorted(keys(s3, bucket)) == sorted(payloads)
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.writer: slow\.bin: upload aborted: aborted: SIGTERM received twice$",
+)
 async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, bucket: str,
                                                      nursery: trio.Nursery) -> None:
     """A second SIGTERM: uploads still completing (closed, parts in flight) are aborted."""
@@ -210,6 +215,9 @@ async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, b
     assert mgr.failed == 1 and mgr.completed == 0
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.writer: open\.bin: upload aborted: the file was still open when the mount stopped$",
+)
 async def test_shutdown_aborts_open_uploads(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery) -> None:
     mgr = uploads(config, nursery)

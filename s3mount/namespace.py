@@ -316,12 +316,11 @@ class Namespace:
                                       or not await self.view.is_empty(new)):
                 raise FsError(f"{new!r} is a directory that is not empty", errno.ENOTEMPTY)
             await self.settle(dst)
-        renamer.check(src.kind, old, dst.kind if dst else None, new, noreplace)
-        if src.writing or any(w.node.path.startswith(old + "/") for w in self.writing.values()):
-            raise FsError(f"{old!r} is being written; close it before renaming it",
-                          errno.EBUSY)
-        if dst is not None and dst.writing:
-            raise FsError(f"{new!r} is being written; close it first", errno.EBUSY)
+        below = old + "/"
+        renamer.check(src.kind, old, dst.kind if dst else None, new, noreplace,
+                      src_busy=src.writing or any(w.node.path.startswith(below)
+                                                  for w in self.writing.values()),
+                      dst_busy=dst is not None and dst.writing)
         if src.kind == "file":
             info = await self.renamer.move_file(self.keys.file_key(old),
                                                 self.keys.file_key(new))

@@ -51,14 +51,21 @@ def parts_of(etag: str) -> int:
     return int(n) if dash and n.isdigit() else 0
 
 
-def check(src_kind: Kind, old: str, dst_kind: Kind | None, new: str, noreplace: bool) -> None:
-    """Refuse a rename of `old` onto `new` that no copy could perform (POSIX's errnos)."""
+def check(src_kind: Kind, old: str, dst_kind: Kind | None, new: str, noreplace: bool,
+          src_busy: bool = False, dst_busy: bool = False) -> None:
+    """Refuse a rename of `old` onto `new` that no copy could perform (POSIX's errnos), or
+    that would move a file being written (`src_busy`: it or a file below it) or replace one
+    (`dst_busy`)."""
+    if src_busy:
+        raise FsError(f"{old!r} is being written; close it before renaming it", errno.EBUSY)
     if src_kind == "dir" and new.startswith(old + "/"):
         raise FsError(f"cannot move {old!r} into itself ({new!r})", errno.EINVAL)
     if dst_kind is None:
         return
     if noreplace:
         raise FsError(f"{new!r} exists (RENAME_NOREPLACE)", errno.EEXIST)
+    if dst_busy:
+        raise FsError(f"{new!r} is being written; close it first", errno.EBUSY)
     if src_kind == "file" and dst_kind == "dir":
         raise FsError(f"{new!r} is a directory", errno.EISDIR)
     if src_kind == "dir" and dst_kind == "file":

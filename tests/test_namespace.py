@@ -96,6 +96,7 @@ async def _release(ns: Namespace, node: Any, upload: Any) -> None:
     ns.closed(node)
 
 
+@pytest.mark.expect_log("upload aborted: test over")
 async def test_a_file_still_open_elsewhere_is_busy_after_the_grace(
         config: Config, bucket: str, nursery: trio.Nursery,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,6 +115,7 @@ async def test_a_file_still_open_elsewhere_is_busy_after_the_grace(
     assert upload.state is UploadState.FAILED
 
 
+@pytest.mark.expect_log("upload aborted: test over")
 async def test_mkdir_rmdir_and_the_write_check(config: Config, s3: Any, bucket: str,
                                                nursery: trio.Nursery) -> None:
     ns = make_ns(config, nursery)

@@ -267,7 +267,12 @@ class S3Fs(pyfuse3.Operations):
         if not isinstance(h, WriteHandle):
             raise FsError("this handle was opened for reading only", errno.EBADF)
         if h.upload is None:
-            raise self.ns.refuse_in_place(h.node, off)
+            async with h.lock:
+                if h.upload is None:
+                    if h.reader is not None:
+                        h.reader.close()
+                        h.reader = None
+                    h.upload = await self.ns.write_existing(h.node, off)
         return await h.upload.write(off, buf)
 
     @_fuse_errors

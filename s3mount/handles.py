@@ -39,6 +39,7 @@ class WriteHandle:
     upload: Upload | None
     pid: int = 0
     reader: Reader | None = None
+    lock: trio.Lock = field(default_factory=trio.Lock)  # the first write, which starts it
 
 
 Handle = DirHandle | ReadHandle | WriteHandle

@@ -41,6 +41,7 @@ LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one 
 # write: the kernel sends it right after the last close, so it comes within milliseconds
 # unless the file is still open elsewhere.
 SETTLE_GRACE = 2.0
+APPEND_CHUNK = 1 << 20  # bytes read back at a time when appending to an object
 
 
 def not_found(path: str) -> FsError:
@@ -264,9 +265,13 @@ class Namespace:
         node = await self.resolve(path)
         if node.kind != "dir":
             raise FsError(f"{path!r} is not a directory", errno.ENOTDIR)
+        for child in list(self._being_written_in(path).values()):
+            await self.settle(child)  # rm -r right after the files in it were closed
         if not await self.view.is_empty(path) or self._being_written_in(path):
             self.inodes.drop_listings(path)  # it may be out of date: another client wrote
-            raise FsError(f"{path!r} is not empty", errno.ENOTEMPTY)
+            err = FsError(f"{path!r} is not empty", errno.ENOTEMPTY)
+            err.log_level = "debug"  # an answer, not a failure: rm -r and cleanups ask
+            raise err
         marker = await self.store.head(self.keys.marker_key(path))
         if marker is not None and marker.size > 0:
             raise FsError(f"{path!r}: its marker object {marker.key!r} holds {marker.size} "
@@ -408,12 +413,39 @@ class Namespace:
         self.inodes.opened(node)
         return node, upload
 
-    def refuse_in_place(self, node: Node, off: int) -> FsError:
-        """The error for a write into an existing object that was not truncated first."""
-        return FsError(f"{node.path!r}: a write at offset {off} would change the existing "
-                       f"object ({node.size} bytes) in place; S3 objects can only be replaced "
-                       "whole: open it with O_TRUNC (as cp, dd and > do) or truncate it to 0 "
-                       "first", errno.EPERM)
+    async def write_existing(self, node: Node, off: int) -> Upload:
+        """The upload for the first write into an existing file opened without O_TRUNC. At its
+        end (`>>`, O_APPEND, `curl -C -`): a new upload that starts with the object's bytes,
+        read back and sent again through the same checks as written bytes, then takes the
+        appended ones; the old object is replaced only when the new one is verified. Anywhere
+        else the write would change the object in place: EPERM."""
+        if off != node.size:
+            raise FsError(f"{node.path!r}: a write at offset {off} would change the existing "
+                          f"object ({node.size} bytes) in place; S3 objects can only be "
+                          "replaced whole: open it with O_TRUNC (as cp, dd and > do) or "
+                          "truncate it to 0 first; appending at its end works", errno.EPERM)
+        await self.settle(node)
+        upload = self._start_write(node)
+        try:
+            await self._copy_in(node, upload)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await upload.abort("appending failed while the old bytes were read back")
+            self._done_writing(node, upload)
+            raise
+        return upload
+
+    async def _copy_in(self, node: Node, upload: Upload) -> None:
+        """Write the object's bytes, as they are now (If-Match), into `upload`."""
+        key, size, etag = self.keys.file_key(node.path), node.size, node.etag
+        buf = memoryview(bytearray(min(size, APPEND_CHUNK)))
+        done = 0
+        while done < size:
+            n = min(len(buf), size - done)
+            await self.store.get_range(key, done, buf[:n], etag)
+            await upload.write(done, bytes(buf[:n]))
+            done += n
+        log.info("%s: appending: its %d bytes were read back into a new upload", key, size)
 
     async def truncate(self, node: Node, size: int, upload: Upload | None,
                        handle: bool) -> Upload | None:

@@ -56,3 +56,27 @@ def test_git_clone_of_a_local_repository(mounted: Mount, s3: Any, bucket: str, r
     assert get(s3, bucket, "clone/file2.txt") == (repo / "file2.txt").read_bytes()
     assert "clone/.git/config" in keys(s3, bucket, "clone/.git/")
     assert not [k for k in keys(s3, bucket) if k.endswith(".lock")]
+
+
+def test_rdiff_backup_twice(mounted: Mount, s3: Any, bucket: str, tmp_path: Path) -> None:
+    """rdiff-backup writes, closes and at once renames or removes its files (and its lock),
+    and appends to its log."""
+    mounted.allowed_errors.append("S3 has no symbolic links")  # it probes for them
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(20_000 + i))
+    (src / "sub" / "x.txt").write_text("one\n")
+    dest = mounted.path / "rb"
+    run("rdiff-backup", "backup", str(src), str(dest))
+    (src / "sub" / "x.txt").write_text("two\n")
+    (src / "f0").unlink()
+    run("rdiff-backup", "backup", str(src), str(dest))  # an increment
+    r = subprocess.run(["diff", "-r", "-x", "rdiff-backup-data", str(src), str(dest)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    run("rdiff-backup", "verify", str(dest))
+    restored = tmp_path / "restored"
+    run("rdiff-backup", "restore", "--at", "1B", str(dest), str(restored))  # the first backup
+    assert (restored / "sub" / "x.txt").read_text() == "one\n" and (restored / "f0").exists()
+    assert get(s3, bucket, "rb/sub/x.txt") == b"two\n"

@@ -4,8 +4,12 @@ check. Each one used to fail on a pattern streaming can support."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +84,72 @@ def test_rdiff_backup_twice(mounted: Mount, s3: Any, bucket: str, tmp_path: Path
     run("rdiff-backup", "restore", "--at", "1B", str(dest), str(restored))  # the first backup
     assert (restored / "sub" / "x.txt").read_text() == "one\n" and (restored / "f0").exists()
     assert get(s3, bucket, "rb/sub/x.txt") == b"two\n"
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with `Range: bytes=N-` support (curl -C -, aria2c resume)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def send_head(self) -> Any:
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().send_head()
+        start = int(rng.removeprefix("bytes=").split("-")[0])
+        size = path.stat().st_size
+        f = open(path, "rb")  # noqa: SIM115 - closed by the base class after copying
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        return f
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server (with ranges) over a directory: (base URL, directory)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_RangeHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_curl_resumes_onto_the_mount(mounted: Mount, s3: Any, bucket: str,
+                                     http_dir: tuple[str, Path]) -> None:
+    """curl -C - appends the rest of a download to a partial file (O_APPEND)."""
+    url, www = http_dir
+    data = os.urandom(7 * 1024 * 1024 + 11)  # more than one part
+    (www / "big.bin").write_bytes(data)
+    (mounted.path / "big.bin").write_bytes(data[:3_000_000])  # an interrupted download
+    run("curl", "-sS", "-f", "-C", "-", "-o", str(mounted.path / "big.bin"), f"{url}/big.bin")
+    assert get(s3, bucket, "big.bin") == data
+
+
+def test_aria2c_and_ddrescue(mounted: Mount, s3: Any, bucket: str, tmp_path: Path,
+                             http_dir: tuple[str, Path]) -> None:
+    """Both fsync a file before writing to it (aria2c its control file, ddrescue its map)."""
+    url, www = http_dir
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    (www / "dl.bin").write_bytes(data)
+    run("aria2c", "-q", "--file-allocation=none", "--allow-overwrite=true",
+        "-d", str(mounted.path), "-o", "dl.bin", f"{url}/dl.bin")
+    assert get(s3, bucket, "dl.bin") == data
+    assert "dl.bin.aria2" not in keys(s3, bucket)  # its control file, removed when done
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(3_000_000))
+    run("ddrescue", "-f", "-q", str(image), str(mounted.path / "rescued.img"),
+        str(mounted.path / "rescue.map"))
+    assert get(s3, bucket, "rescued.img") == image.read_bytes()
+    assert b"finished" in get(s3, bucket, "rescue.map").lower() or b"+" in get(
+        s3, bucket, "rescue.map")

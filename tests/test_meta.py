@@ -217,6 +217,20 @@ async def test_copy_keeps_or_replaces_meta(config: Config) -> None:
     assert FileMeta.from_headers(same.meta) == new
 
 
+async def test_seaweedfs_keeps_no_metadata_on_directory_markers(config: Config) -> None:
+    """A fact of the test server (docs/METADATA.md): SeaweedFS stores "d/" as a directory and
+    drops its user metadata, so directory times and modes cannot be kept there (s3fs shows
+    its defaults for them). A plain object keeps it."""
+    store = S3Store(config)
+    meta = FileMeta(mtime_ns=T1, mode=stat.S_IFDIR | 0o700).to_headers()
+    await store.put("d/", b"", md5(b""), meta=meta, content_type=guess_content_type("d/"))
+    marker = await store.head("d/")
+    assert marker is not None and marker.meta == {}
+    await store.put("f", b"", md5(b""), meta=meta)
+    plain = await store.head("f")
+    assert plain is not None and plain.meta == meta
+
+
 # -- level 3: interop with s3fs-fuse and rclone -------------------------------------------------
 
 

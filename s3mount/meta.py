@@ -143,14 +143,14 @@ def format_time(ns: int) -> str:
 def parse_time(value: str) -> int | None:
     """Nanoseconds since the epoch from "SEC[.FRACTION]" (s3fs, rclone; a fraction of any
     length is a decimal fraction, beyond nine digits cut) or RFC 3339 (rclone --metadata's
-    atime/btime); None if neither."""
+    atime/btime); None if neither, or if it would not fit a 64-bit st_mtime_ns."""
     value = value.strip()
     m = _DECIMAL_SECONDS.fullmatch(value)
     if m:
         sign, sec, frac = m.groups()
         frac = (frac or "")[:9].ljust(9, "0")
-        ns = int(sec) * _NS + int(frac)
-        return -ns if sign else ns
+        ns = int(sec[:30]) * _NS + int(frac)
+        return (-ns if sign else ns) if ns < 2**63 else None  # st_mtime_ns is 64 bits
     return _parse_rfc3339(value)
 
 
@@ -173,7 +173,8 @@ def _parse_rfc3339(value: str) -> int | None:
         return None
     epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     delta = dt - epoch
-    return (delta.days * 86400 + delta.seconds) * _NS + frac_ns
+    ns = (delta.days * 86400 + delta.seconds) * _NS + frac_ns
+    return ns if -(2**63) < ns < 2**63 else None
 
 
 def _parse_c_integer(value: str) -> int | None:

@@ -9,8 +9,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd
-# What `make bench` compares s3mount with; `make test` does not need them.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd s3fs rclone
+# What `make bench` compares s3mount with (tests/test_meta.py checks interop with both, so
+# APT_PACKAGES has them too).
 BENCH_APT_PACKAGES := s3fs rclone
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

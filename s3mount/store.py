@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import boto3
@@ -67,6 +67,10 @@ class ObjectInfo:
     etag: str  # without quotes
     checksum: str | None = None  # additional checksum, when asked for and stored
     encryption: str | None = None  # x-amz-server-side-encryption, or "SSE-C"
+    # From HEAD only (None from LIST): user metadata, keys without `x-amz-meta-` (meta.py
+    # reads them), and the Content-Type.
+    meta: dict[str, str] | None = field(default=None, hash=False)
+    content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,15 +111,18 @@ class Store(Protocol):
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage: ...
     async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None: ...
-    async def put(self, key: str, body: Body, md5: bytes,
-                  checksum: Extra | None = None) -> Sent: ...
-    async def create_upload(self, key: str, algorithm: Algorithm | None = None) -> Started: ...
+    async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
+                  meta: Meta | None = None, content_type: str | None = None) -> Sent: ...
+    async def create_upload(self, key: str, algorithm: Algorithm | None = None,
+                            meta: Meta | None = None,
+                            content_type: str | None = None) -> Started: ...
     async def upload_part(self, key: str, upload_id: str, number: int,
                           body: Body, md5: bytes, checksum: Extra | None = None) -> Sent: ...
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[PartDone]) -> str: ...
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
-    async def copy(self, src: str, dst: str, etag: str) -> str: ...
+    async def copy(self, src: str, dst: str, etag: str, meta: Meta | None = None,
+                   content_type: str | None = None) -> str: ...
     async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,
                         end: int, etag: str) -> str: ...
     async def part_size(self, key: str, number: int, etag: str) -> int | None: ...
@@ -124,6 +131,8 @@ class Store(Protocol):
 
 # An additional checksum to send: the algorithm and the base64 value.
 Extra = tuple[Algorithm, str]
+# User metadata as boto3's `Metadata=` takes it: keys without `x-amz-meta-` (meta.py makes it).
+Meta = dict[str, str]
 # A part for CompleteMultipartUpload: number, ETag, and the additional checksum it was sent with.
 PartDone = tuple[int, str, Extra | None]
 
@@ -148,6 +157,16 @@ def _read_body_into(body: Any, into: memoryview) -> int:
 
 def _extra_args(checksum: Extra | None) -> dict[str, str]:
     return {} if checksum is None else {checksum[0].field: checksum[1]}
+
+
+def _object_args(meta: Meta | None, content_type: str | None) -> dict[str, Any]:
+    """User metadata and Content-Type for PutObject, CreateMultipartUpload, CopyObject."""
+    args: dict[str, Any] = {}
+    if meta:
+        args["Metadata"] = meta
+    if content_type:
+        args["ContentType"] = content_type
+    return args
 
 
 def _encryption(r: dict[str, Any]) -> str | None:
@@ -291,7 +310,8 @@ class S3Store:
             return None
         stored = next((str(r[a.field]) for a in ALGORITHMS.values() if r.get(a.field)), None)
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
-                          strip_etag(r.get("ETag", "")), stored, _encryption(r))
+                          strip_etag(r.get("ETag", "")), stored, _encryption(r),
+                          dict(r.get("Metadata") or {}), r.get("ContentType") or None)
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:
@@ -330,17 +350,23 @@ class S3Store:
             raise PreconditionFailed(f"{what}: the object was deleted while the file was "
                                      "open; bytes not yet read cannot be read") from None
 
-    async def put(self, key: str, body: Body, md5: bytes,
-                  checksum: Extra | None = None) -> Sent:
-        extra = _extra_args(checksum)
+    async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
+                  meta: Meta | None = None, content_type: str | None = None) -> Sent:
+        """PutObject; `meta` is user metadata (keys without `x-amz-meta-`)."""
+        extra = {**_extra_args(checksum), **_object_args(meta, content_type)}
         r = await self._write_call(f"PUT {key}", lambda: self.client.put_object(
             Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5), **extra))
         return Sent(strip_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 
-    async def create_upload(self, key: str, algorithm: Algorithm | None = None) -> Started:
-        extra = ({} if algorithm is None else
-                 {"ChecksumAlgorithm": algorithm.s3_name, "ChecksumType": "COMPOSITE"})
+    async def create_upload(self, key: str, algorithm: Algorithm | None = None,
+                            meta: Meta | None = None,
+                            content_type: str | None = None) -> Started:
+        """CreateMultipartUpload; the object gets `meta` and `content_type` when complete."""
+        extra: dict[str, Any] = ({} if algorithm is None else
+                                 {"ChecksumAlgorithm": algorithm.s3_name,
+                                  "ChecksumType": "COMPOSITE"})
+        extra.update(_object_args(meta, content_type))
         r = await self._write_call(f"CREATE-UPLOAD {key}", lambda: self.client
                                    .create_multipart_upload(Bucket=self.bucket, Key=key,
                                                             **extra))
@@ -368,11 +394,22 @@ class S3Store:
         await self._write_call(f"ABORT {key}", lambda: self.client.abort_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id))
 
-    async def copy(self, src: str, dst: str, etag: str) -> str:
-        """Server-side copy of `src` (only while its ETag is `etag`) to `dst`; up to 5 GiB."""
+    async def copy(self, src: str, dst: str, etag: str, meta: Meta | None = None,
+                   content_type: str | None = None) -> str:
+        """Server-side copy of `src` (only while its ETag is `etag`) to `dst`; up to 5 GiB.
+        With `meta` None the copy keeps the source's metadata and Content-Type; else its user
+        metadata is `meta` (MetadataDirective REPLACE) and its Content-Type `content_type` or,
+        when None, the source's (one HEAD more: REPLACE would otherwise reset it)."""
+        extra: dict[str, Any] = {"MetadataDirective": "COPY"}
+        if meta is not None:
+            if content_type is None:
+                info = await self.head(src)
+                content_type = info.content_type if info is not None else None
+            extra = {"MetadataDirective": "REPLACE", "Metadata": meta,
+                     **_object_args(None, content_type)}
         r = await self._write_call(f"COPY {src} -> {dst}", lambda: self.client.copy_object(
             Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src},
-            CopySourceIfMatch=f'"{etag}"', MetadataDirective="COPY"))
+            CopySourceIfMatch=f'"{etag}"', **extra))
         return strip_etag(r.get("CopyObjectResult", {}).get("ETag", ""))
 
     async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from s3mount.errors import StoreError, TransientError
-from s3mount.store import Extra, ObjectInfo, Sent, Store
+from s3mount.store import Extra, Meta, ObjectInfo, Sent, Store
 
 
 class FaultyStore:
@@ -41,11 +41,12 @@ class FaultyStore:
             return dataclasses.replace(sent, etag="0" * 32)
         return sent
 
-    async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None) -> Sent:
+    async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None,
+                  meta: Meta | None = None, content_type: str | None = None) -> Sent:
         if self.fail_puts > 0:
             self.fail_puts -= 1
             raise StoreError(f"PUT {key}: injected failure")
-        return await self.inner.put(key, body, md5, checksum)
+        return await self.inner.put(key, body, md5, checksum, meta, content_type)
 
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:
         if self.head_error is not None:

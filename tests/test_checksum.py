@@ -20,7 +20,7 @@ from s3mount import checksum
 from s3mount.config import Config, MiB
 from s3mount.errors import IntegrityError
 from s3mount.etag import etag_is_md5
-from s3mount.store import Extra, ObjectInfo, S3Store, Sent, Started
+from s3mount.store import Extra, Meta, ObjectInfo, S3Store, Sent, Started
 from s3mount.writer import Upload, Uploads
 from tests.conftest import get, keys, open_uploads
 from tests.faults import FaultyStore
@@ -141,9 +141,9 @@ async def test_corrupt_part_checksum_is_resent_then_fails(config: Config, s3: An
 async def test_server_ignoring_checksums_fails_loudly(config: Config, s3: Any, bucket: str,
                                                       nursery: trio.Nursery) -> None:
     class Ignores(FaultyStore):
-        async def put(self, key: str, body: Any, md5: bytes,
-                      checksum: Extra | None = None) -> Sent:
-            sent = await self.inner.put(key, body, md5, None)
+        async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None,
+                      meta: Meta | None = None, content_type: str | None = None) -> Sent:
+            sent = await self.inner.put(key, body, md5, None, meta, content_type)
             return dataclasses.replace(sent, checksum=None)
 
     up = Uploads(replace(config, checksum="sha256"), Ignores(S3Store(config)),
@@ -190,9 +190,10 @@ class KmsStore(FaultyStore):
         return await self.inner.complete_upload(  # type: ignore[no-any-return]
             key, upload_id, [(n, self.real[e], c) for n, e, c in parts])
 
-    async def create_upload(self, key: str, algorithm: Any = None) -> Started:
+    async def create_upload(self, key: str, algorithm: Any = None, meta: Meta | None = None,
+                            content_type: str | None = None) -> Started:
         self.creates.append(algorithm and algorithm.name)
-        started = await self.inner.create_upload(key, algorithm)
+        started = await self.inner.create_upload(key, algorithm, meta, content_type)
         return dataclasses.replace(started, encryption="aws:kms")
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: Any,
@@ -202,9 +203,10 @@ class KmsStore(FaultyStore):
         self.real[made_up] = sent.etag
         return dataclasses.replace(sent, etag=made_up, encryption="aws:kms")
 
-    async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None) -> Sent:
+    async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None,
+                  meta: Meta | None = None, content_type: str | None = None) -> Sent:
         self.puts.append(checksum and checksum[0].name)
-        sent = await self.inner.put(key, body, md5, checksum)
+        sent = await self.inner.put(key, body, md5, checksum, meta, content_type)
         return dataclasses.replace(sent, etag=self._etag(), encryption="aws:kms")
 
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:

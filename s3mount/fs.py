@@ -24,6 +24,7 @@ from .config import Config, MiB
 from .errors import FsError
 from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
 from .inodes import Node
+from .meta import FileMeta
 from .namespace import Namespace
 from .reader import Reader, Readers
 from .s3view import Entry
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # the type of the constructor's argument only: no S3 call is 
     from .store import Store
 
 log = logging.getLogger(__name__)
+_NO_META = FileMeta()
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -73,19 +75,30 @@ class S3Fs(pyfuse3.Operations):
         self.handles = HandleTable()
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The node's attributes: what its object's metadata says (s3fs's and rclone's
+        convention, meta.py), else the mount's options and the object's Last-Modified."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
-        is_dir = node.kind == "dir"
-        a.st_mode = ((stat.S_IFDIR | self.config.dir_mode) if is_dir
-                     else (stat.S_IFREG | self.config.file_mode))
-        a.st_nlink = 0 if node.detached else 2 if is_dir else 1  # 0: unlinked, still open
-        a.st_uid, a.st_gid = self.config.uid, self.config.gid
+        meta = node.meta or _NO_META
+        if node.kind == "dir":
+            a.st_mode, a.st_nlink = stat.S_IFDIR | self.config.dir_mode, 2
+        elif node.is_symlink:
+            a.st_mode, a.st_nlink = stat.S_IFLNK | 0o777, 1
+        else:
+            bits = self.config.file_mode if meta.mode is None else stat.S_IMODE(meta.mode)
+            a.st_mode, a.st_nlink = stat.S_IFREG | bits, 1
+        if node.detached:
+            a.st_nlink = 0  # unlinked while open
+        a.st_uid = self.config.uid if meta.uid is None else meta.uid
+        a.st_gid = self.config.gid if meta.gid is None else meta.gid
         size = self.ns.size(node)
         a.st_size = size
         a.st_blksize = BLOCK
         a.st_blocks = (size + 511) // 512
-        ns = int(node.mtime * 1e9)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        mtime = int(node.mtime * 1e9) if meta.mtime_ns is None else meta.mtime_ns
+        a.st_mtime_ns = mtime
+        a.st_atime_ns = mtime if meta.atime_ns is None else meta.atime_ns
+        a.st_ctime_ns = mtime if meta.ctime_ns is None else meta.ctime_ns
         a.entry_timeout = a.attr_timeout = self.config.metadata_ttl
         return a
 
@@ -208,8 +221,13 @@ class S3Fs(pyfuse3.Operations):
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise FsError(f"symlink {name.decode(errors='replace')!r}: S3 has no symbolic "
-                      "links; copy the file instead", errno.EPERM)
+        return self.attrs(await self.ns.symlink(parent_inode, name, target, ctx.uid,
+                                                ctx.gid))
+
+    @_fuse_errors
+    async def readlink(self, inode: pyfuse3.InodeT,
+                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
+        return await self.ns.readlink(inode)
 
     @_fuse_errors
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,

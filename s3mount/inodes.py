@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import FsError
+from .meta import FileMeta
 from .s3view import Entry, Kind
 
 ROOT_INODE = 1
@@ -31,6 +32,7 @@ class Node:
     size: int = 0
     mtime: float = 0.0
     etag: str = ""
+    meta: FileMeta | None = None  # from the object's metadata (None: not read yet)
     lookups: int = 0
     opens: int = 0
     expires: float = 0.0
@@ -38,10 +40,21 @@ class Node:
     detached: bool = field(default=False)  # no longer reachable by its path
     pinned: bool = False  # a directory we emptied ourselves: it exists until rmdir or forget
     writes: int = 0  # names this mount made appear in this directory (see InodeTable.wrote)
+    etag_seen: str = ""  # the ETag `meta` belongs to
+    target: bytes | None = None  # a symbolic link's target, once read
 
     def apply(self, entry: Entry, expires: float) -> None:
         self.size, self.mtime, self.etag = entry.size, entry.mtime, entry.etag
+        if entry.meta is not None or entry.etag != self.etag_seen:
+            self.meta = entry.meta  # (a LIST entry of the same object keeps what HEAD said)
+        if entry.etag != self.etag_seen:
+            self.target = None
+        self.etag_seen = entry.etag
         self.expires = expires
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == "file" and self.meta is not None and self.meta.is_symlink
 
 
 @dataclass

@@ -16,22 +16,24 @@ finish (or fail) before it answers.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
 from . import renamer
 from .config import Config
-from .errors import FsError
+from .errors import FsError, first_error
 from .etag import EMPTY_MD5
 from .inodes import ROOT_INODE, InodeTable, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
+from .meta import DEFAULT_CONTENT_TYPE, SYMLINK_MODE, FileMeta, link_target, symlink_body
 from .renamer import Renamer
-from .s3view import Entry, S3View
+from .s3view import Entry, S3View, file_entry
 from .store import Store
 from .writer import Upload, Uploads, UploadState
 
@@ -42,6 +44,8 @@ LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one 
 # unless the file is still open elsewhere.
 SETTLE_GRACE = 2.0
 APPEND_CHUNK = 1 << 20  # bytes read back at a time when appending to an object
+META_BATCH = 256  # directory entries whose metadata is fetched together
+META_HEADS = 16  # HEADs in flight for one batch
 
 
 def not_found(path: str) -> FsError:
@@ -136,7 +140,10 @@ class Namespace:
             return node
         entry = None
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
-            entry = self.inodes.listed(path) or await self._stat(path)
+            entry = self.inodes.listed(path)
+            if entry is not None and entry.kind == "file" and entry.meta is None:
+                entry = await self._head_file(path)  # its times, mode, link-ness
+            entry = entry or await self._stat(path)
             if entry is None:
                 self.inodes.set_missing(path)
         if entry is None:
@@ -145,6 +152,11 @@ class Namespace:
                 return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
             raise not_found(path)
         return self.inodes.upsert(path, entry)
+
+    async def _head_file(self, path: str) -> Entry | None:
+        """The file at `path` with its metadata (one HEAD), or None if there is none."""
+        info = await self.store.head(self.keys.file_key(path))
+        return None if info is None else file_entry(info)
 
     async def _resolve_or_none(self, path: str) -> Node | None:
         try:
@@ -231,14 +243,52 @@ class Namespace:
         return out
 
     async def entries(self, node: Node) -> AsyncIterator[tuple[str, Entry]]:
-        """The directory's entries as S3 lists them, with the files being written here."""
+        """The directory's entries as S3 lists them, with the files being written here. A
+        LIST carries no metadata: the files' times, modes and link-ness come from HEADs, sent
+        META_HEADS at a time for each batch of entries (s3fs does the same)."""
         writing = self._being_written_in(node.path)
+        batch: list[tuple[str, Entry]] = []
         async for name, entry in self.view.children(node.path):
             if name in writing and entry.kind == "file":
                 continue
-            yield name, entry
+            batch.append((name, entry))
+            if len(batch) == META_BATCH:
+                for item in await self._with_meta(node.path, batch):
+                    yield item
+                batch = []
+        for item in await self._with_meta(node.path, batch):
+            yield item
         for name, wnode in writing.items():
-            yield name, Entry("file", wnode.size, wnode.mtime)
+            yield name, Entry("file", wnode.size, wnode.mtime, meta=wnode.meta)
+
+    async def _with_meta(self, dir_path: str, batch: list[tuple[str, Entry]]
+                         ) -> list[tuple[str, Entry]]:
+        """`batch` with the metadata of its files: what this mount knows of the same object,
+        else a HEAD of each (concurrently). A file gone meanwhile keeps its LIST entry."""
+        out = list(batch)
+        limit = trio.Semaphore(META_HEADS)
+
+        async def one(i: int, path: str) -> None:
+            async with limit:
+                info = await self.store.head(self.keys.file_key(path))
+            if info is not None:
+                out[i] = (out[i][0], file_entry(info))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, (name, entry) in enumerate(batch):
+                    if entry.kind != "file" or entry.meta is not None:
+                        continue
+                    path = join(dir_path, name)
+                    known = self.inodes.by_path.get(path)
+                    if (known is not None and known.meta is not None
+                            and known.etag == entry.etag):
+                        out[i] = (name, replace(entry, meta=known.meta))
+                    else:
+                        nursery.start_soon(one, i, path)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return out
 
     def entry_node(self, dir_node: Node, name: str, entry: Entry) -> Node:
         """The node of a listed entry (readdir), not yet counted as known to the kernel."""
@@ -380,6 +430,47 @@ class Namespace:
         self.inodes.looked_up(node)
         self.inodes.wrote(path)
         return node
+
+    async def symlink(self, parent_ino: int, raw: bytes, target: bytes,
+                      uid: int, gid: int) -> Node:
+        """A symbolic link, stored as s3fs-fuse stores one: an object whose body is the
+        target and whose `mode` metadata has S_IFLNK (meta.py)."""
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        key = self.keys.check_key(path)
+        try:
+            body = symlink_body(target)
+        except ValueError as exc:
+            raise FsError(f"symlink {path!r}: {exc}", errno.EINVAL) from None
+        if await self._resolve_or_none(path) is not None:
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        now = time.time_ns()
+        meta = FileMeta(mtime_ns=now, ctime_ns=now, mode=SYMLINK_MODE, uid=uid, gid=gid)
+        md5 = hashlib.md5(body, usedforsecurity=False).digest()
+        sent = await self.store.put(key, body, md5, meta=meta.to_headers(),
+                                    content_type=DEFAULT_CONTENT_TYPE)
+        if sent.etag != md5.hex() and sent.encryption is None:
+            raise FsError(f"{path!r}: the link's object came back with ETag {sent.etag}, "
+                          f"not {md5.hex()}", errno.EIO)
+        node = self.inodes.upsert(path, Entry("file", len(body), now / 1e9, sent.etag, meta))
+        node.target = body
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        return node
+
+    async def readlink(self, ino: int) -> bytes:
+        node = await self.refresh(self.inodes.get(ino))
+        if not node.is_symlink:
+            raise FsError(f"{node.path!r} is not a symbolic link", errno.EINVAL)
+        if node.target is None:
+            body = memoryview(bytearray(node.size))
+            await self.store.get_range(self.keys.file_key(node.path), 0, body, node.etag)
+            target = link_target(bytes(body))
+            if target is None:
+                raise FsError(f"{node.path!r}: its object is marked a symbolic link but holds "
+                              "no valid target", errno.EIO)
+            node.target = target
+        return node.target
 
     async def open_read(self, ino: int) -> Node:
         """A file to read, with fresh attributes; counted open until `closed`."""

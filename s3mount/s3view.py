@@ -18,6 +18,7 @@ import trio
 
 from .errors import first_error
 from .keys import KeyMap
+from .meta import FileMeta
 from .store import ListPage, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,19 @@ class Entry:
     size: int = 0
     mtime: float = 0.0
     etag: str = ""
+    # What the object's user metadata says (times, mode, owner, link-ness), from a HEAD;
+    # None where only a LIST was seen, which carries none.
+    meta: FileMeta | None = None
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == "file" and self.meta is not None and self.meta.is_symlink
+
+
+def file_entry(info: ObjectInfo) -> Entry:
+    """The entry of a file from what S3 answered about its object (HEAD: with metadata)."""
+    meta = None if info.meta is None else FileMeta.from_headers(info.meta, info.key)
+    return Entry("file", info.size, info.mtime, info.etag, meta)
 
 
 class S3View:
@@ -84,7 +98,7 @@ class S3View:
             return self.dir_entry(mtime), listing
         info = found["file"]
         if isinstance(info, ObjectInfo):
-            return Entry("file", info.size, info.mtime, info.etag), None
+            return file_entry(info), None
         return None, None
 
     async def children(self, path: str) -> AsyncIterator[tuple[str, Entry]]:
@@ -140,7 +154,7 @@ class S3View:
                 key = key[: -len(suffix)]
                 entry = self.dir_entry(obj.mtime)
             else:
-                entry = Entry("file", obj.size, obj.mtime, obj.etag)
+                entry = file_entry(obj)
             name = self.keys.child_name(path, key)
             if name is not None:
                 yield rel, name, entry

@@ -53,6 +53,8 @@ class _Object:
     mtime: float
     checksum: str | None = None  # the stored additional checksum (composite for multipart)
     part_sizes: list[int] | None = None  # for an object made by a multipart upload
+    meta: dict[str, str] = field(default_factory=dict)  # user metadata
+    content_type: str = "binary/octet-stream"  # S3's default
 
 
 @dataclass
@@ -69,6 +71,8 @@ class _Upload:
     initiated: float
     algorithm: Algorithm | None
     parts: dict[int, _Part] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
 
 
 def _read(body: Body | memoryview) -> bytes:
@@ -135,9 +139,13 @@ class MemStore:
         _, dash, n = md5_etag.partition("-")
         return secrets.token_hex(16) + (f"-{n}" if dash else "")
 
-    def _info(self, key: str, obj: _Object, checksum: bool = False) -> ObjectInfo:
+    def _info(self, key: str, obj: _Object, checksum: bool = False,
+              head: bool = False) -> ObjectInfo:
+        """As HEAD (`head`: with metadata and Content-Type) or LIST answer for the object."""
         return ObjectInfo(key, len(obj.data), obj.mtime, obj.etag,
-                          obj.checksum if checksum else None, self.encryption)
+                          obj.checksum if checksum else None, self.encryption,
+                          meta=dict(obj.meta) if head else None,
+                          content_type=obj.content_type if head else None)
 
     def _upload(self, what: str, key: str, upload_id: str) -> _Upload:
         up = self.uploads.get(upload_id)
@@ -172,7 +180,7 @@ class MemStore:
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:
         await self._request(f"HEAD {key}")
         obj = self.objects.get(key)
-        return None if obj is None else self._info(key, obj, checksum)
+        return None if obj is None else self._info(key, obj, checksum, head=True)
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:
@@ -220,23 +228,28 @@ class MemStore:
             raise TransientError(f"{what}: IncompleteReadError: {len(got)} of {len(into)} "
                                  "bytes (gave up)")
 
-    async def put(self, key: str, body: Body, md5: bytes,
-                  checksum: Extra | None = None) -> Sent:
+    async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
+                  meta: dict[str, str] | None = None,
+                  content_type: str | None = None) -> Sent:
         what = f"PUT {key}"
         await self._request(what)
         data = _read(body)
         if _md5(data) != md5:
             raise _bad_digest(what, "Content-MD5")
         stored = self._check_extra(what, data, checksum)
-        obj = _Object(data, self._etag(_md5(data).hex()), self._now(), stored)
+        obj = _Object(data, self._etag(_md5(data).hex()), self._now(), stored,
+                      meta=dict(meta or {}), content_type=content_type or "binary/octet-stream")
         self.objects[key] = obj
         await trio.lowlevel.checkpoint()
         return Sent(obj.etag, stored, self.encryption)
 
-    async def create_upload(self, key: str, algorithm: Algorithm | None = None) -> Started:
+    async def create_upload(self, key: str, algorithm: Algorithm | None = None,
+                            meta: dict[str, str] | None = None,
+                            content_type: str | None = None) -> Started:
         await self._request(f"CREATE-UPLOAD {key}")
         upload_id = f"mem-{next(self._upload_numbers)}-{secrets.token_hex(8)}"
-        self.uploads[upload_id] = _Upload(key, upload_id, self.clock(), algorithm)
+        self.uploads[upload_id] = _Upload(key, upload_id, self.clock(), algorithm,
+                                          meta=dict(meta or {}), content_type=content_type)
         return Started(upload_id, self.encryption)
 
     def _check_part_number(self, what: str, number: int) -> None:
@@ -279,7 +292,8 @@ class MemStore:
         if up.algorithm is not None:
             summed = up.algorithm.composite([p.checksum or "" for p in chosen])
         self.objects[key] = _Object(b"".join(p.data for p in chosen), etag, self._now(),
-                                    summed, [len(p.data) for p in chosen])
+                                    summed, [len(p.data) for p in chosen], meta=up.meta,
+                                    content_type=up.content_type or "binary/octet-stream")
         del self.uploads[upload_id]
         await trio.lowlevel.checkpoint()
         return etag
@@ -313,13 +327,18 @@ class MemStore:
         self._upload(what, key, upload_id)
         del self.uploads[upload_id]
 
-    async def copy(self, src: str, dst: str, etag: str) -> str:
+    async def copy(self, src: str, dst: str, etag: str, meta: dict[str, str] | None = None,
+                   content_type: str | None = None) -> str:
         """CopyObject: the copy is one part, so its ETag is the MD5 of its bytes (as on AWS,
-        even when the source was a multipart upload)."""
+        even when the source was a multipart upload). Metadata is the source's, or `meta`
+        (REPLACE, the Content-Type kept unless given)."""
         what = f"COPY {src} -> {dst}"
         await self._request(what)
         obj = self._source(what, src, etag)
-        self.objects[dst] = _Object(obj.data, self._etag(_md5(obj.data).hex()), self._now())
+        self.objects[dst] = _Object(
+            obj.data, self._etag(_md5(obj.data).hex()), self._now(),
+            meta=dict(obj.meta if meta is None else meta),
+            content_type=content_type or obj.content_type)
         await trio.lowlevel.checkpoint()
         return self.objects[dst].etag
 

@@ -29,7 +29,7 @@ from .namespace import Entry, Namespace
 from .reader import Reader
 from .renamer import Renamer
 from .store import Store
-from .writer import Uploads
+from .writer import Uploads, UploadState
 
 log = logging.getLogger(__name__)
 LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one completely
@@ -92,7 +92,7 @@ class S3Fs(pyfuse3.Operations):
                      else (stat.S_IFREG | self.config.file_mode))
         a.st_nlink = 2 if is_dir else 1
         a.st_uid, a.st_gid = self.config.uid, self.config.gid
-        size = node.writer.bytes_written if node.writer is not None else node.size
+        size = node.writer.size if node.writer is not None else node.size
         a.st_size = size
         a.st_blksize = BLOCK
         a.st_blocks = (size + 511) // 512
@@ -225,8 +225,9 @@ class S3Fs(pyfuse3.Operations):
         node = await self.refresh(self.inodes.get(inode))
         if fields.update_size:
             self._check_writable()
-            current = node.writer.bytes_written if node.writer is not None else node.size
-            if attr.st_size != current:
+            if node.writer is not None:  # holes, size promises, cuts within the window
+                await node.writer.truncate(attr.st_size)
+            elif attr.st_size != node.size:
                 raise FsError(f"{node.path!r}: truncate to {attr.st_size} bytes is not "
                               "supported (only to the current size, or to 0 at open)",
                               errno.EOPNOTSUPP)
@@ -380,7 +381,7 @@ class S3Fs(pyfuse3.Operations):
         new = self._path(parent_inode_new, name_new)
         self.keys.check_key(new)
         src = await self.resolve(old)
-        if src.writer is not None and src.writer.state != "open":
+        if src.writer is not None and src.writer.state is not UploadState.OPEN:
             await src.writer.done.wait()  # closed a moment ago (release is asynchronous)
         if old == new:
             return
@@ -402,7 +403,7 @@ class S3Fs(pyfuse3.Operations):
 
     def _check_rename(self, src: Node, old: str, dst: Node | None, new: str,
                       flags: int) -> None:
-        if (src.writer is not None and src.writer.state == "open") or any(
+        if (src.writer is not None and src.writer.state is UploadState.OPEN) or any(
                 u.node.path.startswith(old + "/") for u in self.uploads):
             raise FsError(f"{old!r} is being written; close it before renaming it",
                           errno.EBUSY)
@@ -550,15 +551,17 @@ class S3Fs(pyfuse3.Operations):
         h = self.handles.get(fh)
         if not isinstance(h, WriteHandle):
             return
-        if h.upload.state == "failed":  # reported (and logged) when it happened
+        if h.upload.state is UploadState.FAILED:  # reported (and logged) when it happened
             raise pyfuse3.FUSEError(h.upload.error.errno_ if h.upload.error else errno.EIO)
-        if h.upload.bytes_written > 0:
+        if h.upload.size > 0:  # written, or truncated up
             await self._finish(h)
 
     @_fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         h = self.handles.get(fh)
-        if isinstance(h, WriteHandle):
+        # with no byte written it is a no-op: ddrescue and aria2c fsync before writing
+        if isinstance(h, WriteHandle) and (h.upload.bytes_written
+                                           or h.upload.state is not UploadState.OPEN):
             await self._finish(h)
 
     async def _finish(self, h: WriteHandle) -> None:
@@ -579,7 +582,7 @@ class S3Fs(pyfuse3.Operations):
             if isinstance(h, ReadHandle):
                 h.reader.close()
             elif isinstance(h, WriteHandle):
-                if h.upload.state == "open":
+                if h.upload.state is UploadState.OPEN:
                     await self._finish(h)  # its error is logged; the kernel discards it
                 elif h.node.writer is h.upload:
                     h.node.writer = None

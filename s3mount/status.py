@@ -66,7 +66,7 @@ def snapshot(config: Config, uploads: Uploads, started: float,
         rate = up.bytes_uploaded / elapsed
         backlog = up.bytes_written - up.bytes_uploaded
         items.append({
-            "key": up.key, "state": up.state, "bytes_written": up.bytes_written,
+            "key": up.key, "state": up.state.value, "bytes_written": up.bytes_written,
             "bytes_uploaded": up.bytes_uploaded, "parts_started": up.parts_started,
             "parts_uploaded": len(up.etags), "elapsed_s": round(elapsed, 1),
             "rate_bytes_s": round(rate), "drain_s": round(backlog / rate, 1) if rate else None,

@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd xz-utils zstd lz4 p7zip-full
 # What `make bench` compares s3mount with; `make test` does not need them.
 BENCH_APT_PACKAGES := s3fs rclone
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

@@ -231,6 +231,10 @@ class Upload:
             log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
                         "holds one part at a time", self.key, number, size >> 20)
         taken = await self.mgr.budget.acquire(size, self.key, spare=self._spare_first)
+        if self.state is UploadState.FAILED:  # aborted while it waited (a second SIGTERM)
+            self.mgr.budget.release(taken)
+            assert self.error is not None
+            raise self.error
         start = self.mgr.schedule.capacity(number - 1)
         self.part = Part(number, size, taken, self.mgr.budget, start)
         if number == 1:

@@ -182,7 +182,8 @@ def test_a_hole_costs_no_memory_of_its_own(mount_factory: Callable[..., Mount], 
         f.seek(512 * MiB)
         f.write(b"end")
     grew = vm_hwm_mib(m.proc.pid) - before
-    assert grew < 80, f"peak RSS grew by {grew} MiB for a 512 MiB hole"
+    print(f"512 MiB hole: mount peak RSS {before} -> {before + grew} MiB")
+    assert grew < 50, f"peak RSS grew by {grew} MiB for a 512 MiB hole"  # 22 measured
     info = s3.head_object(Bucket=bucket, Key="hole.bin")
     assert info["ContentLength"] == 512 * MiB + 3
     body = s3.get_object(Bucket=bucket, Key="hole.bin", Range=f"bytes={512 * MiB - 2}-")

@@ -17,7 +17,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 RUFF_PATHS := s3mount tests bench
-MYPY_PATHS ?= s3mount tests/seaweed.py tests/test_seaweed.py bench/demo_seed.py
+MYPY_PATHS ?= s3mount tests/seaweed.py tests/test_seaweed.py bench/demo_seed.py \
+  tests/memstore.py tests/motoserver.py tests/test_store_contract.py tests/test_model.py
 
 # make install: the package in its own venv, the command on PATH, the systemd template unit.
 # Point them elsewhere to try it out: make install INSTALL_DIR=/tmp/t/opt PREFIX=/tmp/t/usr ...

@@ -11,28 +11,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import re
 import time
 from collections.abc import Sequence
 
 import trio
 
+from .config import Config
 from .errors import QuietError, StoreError
+from .options import Parser, build_config, parse_age, parse_mount_args
 from .schedule import human_size
 from .store import S3Store, UploadInfo
 
 log = logging.getLogger(__name__)
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 CONNECTION_OPTIONS = ("--endpoint-url", "--keyfile", "--region", "--profile", "--config", "-o")
-
-
-def parse_age(text: str) -> float:
-    """'0s', '90m', '12h', '7d', '2w' -> seconds."""
-    m = _AGE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid age {text!r} (e.g. 0s, 30m, 12h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 async def stale(store: S3Store, prefix: str, older_than: float) -> list[UploadInfo]:
@@ -61,8 +52,6 @@ def _age(seconds: float) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import Parser
-
     p = Parser(prog="s3mount uploads", description="List or abort incomplete multipart "
                "uploads (a killed mount leaves them; they are billed until aborted).")
     p.add_argument("action", choices=("list", "abort"))
@@ -80,8 +69,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def uploads_main(argv: Sequence[str]) -> int:
-    from .cli import build_config, parse_mount_args
-
     ns = parser().parse_args(argv)
     if ns.action == "abort" and ns.older_than is None:
         raise QuietError("uploads abort needs --older-than AGE (0s aborts every one)", 2)
@@ -99,10 +86,7 @@ def uploads_main(argv: Sequence[str]) -> int:
         raise QuietError(f"{exc}", 5) from None
 
 
-async def _run(config: object, action: str, older_than: float) -> int:
-    from .config import Config
-
-    assert isinstance(config, Config)
+async def _run(config: Config, action: str, older_than: float) -> int:
     store = S3Store(config)
     await store.check_bucket()
     found = await stale(store, config.prefix, older_than)

@@ -1,14 +1,14 @@
-"""Every setting of a mount in one frozen dataclass, with every default in one place."""
+"""Every setting of a mount in one frozen dataclass, with every default in one place.
+
+The command line (options.py) takes its defaults from these fields. Also here: the keyfile's
+`Credentials` (a field of `Config`) and `mask`, which is how a secret is ever shown.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .settings import Credentials
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -21,6 +21,21 @@ S3_MAX_PART = 5 * GiB
 S3_MAX_PARTS = 10_000
 S3_MAX_PUT = 5 * GiB
 S3_MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    source: str
+
+    def __repr__(self) -> str:
+        return f"Credentials({mask(self.access_key)}, secret hidden, from {self.source})"
+
+
+def mask(secret: str) -> str:
+    return secret[:4] + "*" * max(4, len(secret) - 8) + secret[-4:] if len(secret) > 8 \
+        else "*" * len(secret)
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,3 @@ class Config:
     read_deadline: float = 60.0  # a read gives up (EIO) after this long
     write_deadline: float = 600.0  # a part upload gives up after this long
     max_connections: int = 16
-
-    @property
-    def mode_bits(self) -> tuple[int, int]:
-        return self.file_mode, self.dir_mode

@@ -22,6 +22,7 @@ from s3mount.config import S3_MAX_PARTS, MiB
 from s3mount.schedule import PartSchedule
 
 MD5_SIZE = 16
+EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).digest()  # of an empty body (markers)
 
 
 # Encryption modes under which S3's ETag is not an MD5 of the bytes (the value of the

@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from .errors import FsError
 from .inodes import Node
-from .namespace import Entry
+from .reader import Reader
+from .s3view import Entry
+from .writer import Upload
 
 
 @dataclass(eq=False)
@@ -26,14 +27,18 @@ class DirHandle:
 @dataclass(eq=False)
 class ReadHandle:
     node: Node
-    reader: Any  # reader.Reader
+    reader: Reader
 
 
 @dataclass(eq=False)
 class WriteHandle:
+    """A file opened for writing. `upload` is None while an existing file opened without
+    O_TRUNC is unchanged (it may be read through `reader` if opened O_RDWR)."""
+
     node: Node
-    upload: Any  # writer.Upload
+    upload: Upload | None
     pid: int = 0
+    reader: Reader | None = None
 
 
 Handle = DirHandle | ReadHandle | WriteHandle
@@ -60,6 +65,3 @@ class HandleTable:
         handle = self.get(fh)
         del self._handles[fh]
         return handle
-
-    def values(self) -> list[Handle]:
-        return list(self._handles.values())

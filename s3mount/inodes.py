@@ -13,10 +13,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import FsError
-from .namespace import Entry, Kind
+from .s3view import Entry, Kind
 
 ROOT_INODE = 1
 NEGATIVE_CACHE_MAX = 10_000
@@ -35,7 +34,7 @@ class Node:
     lookups: int = 0
     opens: int = 0
     expires: float = 0.0
-    writer: Any = None  # the active upload writing this file, if any
+    writing: bool = False  # being written here: its size and existence are ours, not S3's
     detached: bool = field(default=False)  # no longer reachable by its path
     pinned: bool = False  # a directory we emptied ourselves: it exists until rmdir or forget
     writes: int = 0  # names this mount made appear in this directory (see InodeTable.wrote)
@@ -80,12 +79,12 @@ class InodeTable:
     def cached(self, path: str) -> Node | None:
         """The node at `path` if its attributes are still fresh."""
         node = self.by_path.get(path)
-        if node is not None and (node.expires > self.clock() or node.writer is not None):
+        if node is not None and (node.expires > self.clock() or node.writing):
             return node
         return None
 
     def fresh(self, node: Node) -> bool:
-        return node.expires > self.clock() or node.writer is not None
+        return node.expires > self.clock() or node.writing
 
     def upsert(self, path: str, entry: Entry) -> Node:
         """Record what S3 says is at `path`; a changed kind gets a new inode."""
@@ -99,7 +98,7 @@ class InodeTable:
             self.next_ino += 1
             self.by_ino[node.ino] = node
             self.by_path[path] = node
-        if node.writer is None:
+        if not node.writing:
             node.apply(entry, self.clock() + self.ttl)
         return node
 
@@ -134,6 +133,13 @@ class InodeTable:
         node.lookups = max(0, node.lookups - n)
         self._maybe_drop(node)
 
+    def looked_up(self, node: Node) -> None:
+        """The kernel now knows `node` once more (a lookup, create, mkdir or readdir entry)."""
+        node.lookups += 1
+
+    def opened(self, node: Node) -> None:
+        node.opens += 1
+
     def closed(self, node: Node) -> None:
         node.opens -= 1
         self._maybe_drop(node)
@@ -163,9 +169,6 @@ class InodeTable:
         self.negative.move_to_end(path)
         while len(self.negative) > NEGATIVE_CACHE_MAX:
             self.negative.popitem(last=False)
-
-    def forget_missing(self, path: str) -> None:
-        self.negative.pop(path, None)
 
     def missing_until(self, path: str) -> float | None:
         """Until when `path` is known not to exist (None: not known)."""

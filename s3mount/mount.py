@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from . import status
+from .admin import abort_stale
 from .config import Config
 from .errors import QuietError, StoreError
 from .fs import S3Fs
@@ -74,8 +75,6 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         await store.check_bucket()
     await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
     if config.abort_stale_uploads is not None:
-        from .admin import abort_stale
-
         n = await abort_stale(store, config.prefix, config.abort_stale_uploads)
         log.info("aborted %d stale multipart upload(s) older than %.0f s", n,
                  config.abort_stale_uploads)

@@ -1,187 +1,535 @@
-"""What exists at a path, and what a directory holds, as S3 shows it (no caching here).
+"""The namespace: which names exist, what each one is, and what this mount is doing to them.
 
-A directory is a common prefix, or a zero-byte marker object named path + dir-suffix. If a file
-and a directory share a name, the directory wins and the file is hidden. Listings stream page by
-page: a directory of any size is listed in memory bounded by one page plus the few names that
-may still be shadowed (see `_Shadows`).
+It owns the inode table and its caches (inodes.py), the key map (keys.py), the view of the
+bucket (s3view.py) and the being-written state of each name: a file being written here exists
+and has the size written so far, although S3 has no object for it yet, and listings include it.
+Metadata changes (mkdir, rmdir, unlink, rename) are carried out here, copies by the renamer.
+The Operations class (fs.py) calls one method here per FUSE request and turns what comes back
+into FUSE answers.
+
+Release is asynchronous: `close()` returns after FLUSH, and the kernel sends RELEASE later, so
+the next call on the same name can arrive while the file is still being written. Every call
+that can see a name therefore `settle`s it first: it waits for a file closed a moment ago to
+finish (or fail) before it answers.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import trio
 
-from .errors import first_error
-from .keys import KeyMap
-from .store import ListPage, ObjectInfo, Store
+from . import renamer
+from .config import Config
+from .errors import FsError
+from .etag import EMPTY_MD5
+from .inodes import ROOT_INODE, InodeTable, Node
+from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
+from .renamer import Renamer
+from .s3view import Entry, S3View
+from .store import Store
+from .writer import Upload, Uploads, UploadState
 
 log = logging.getLogger(__name__)
+LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one completely
+# How long a call on a name waits for the RELEASE of a file closed (flushed) since its last
+# write: the kernel sends it right after the last close, so it comes within milliseconds
+# unless the file is still open elsewhere.
+SETTLE_GRACE = 2.0
 
-Kind = Literal["file", "dir"]
+
+def not_found(path: str) -> FsError:
+    err = FsError(f"{path!r}: no such file or directory", errno.ENOENT)
+    err.log_level = "debug"
+    return err
 
 
-@dataclass(frozen=True)
-class Entry:
-    kind: Kind
-    size: int = 0
-    mtime: float = 0.0
-    etag: str = ""
+@dataclass(eq=False)
+class Writing:
+    """A file being written here: its node and its upload."""
+
+    node: Node
+    upload: Upload
+    flushed_at: int = -1  # bytes written when it was last flushed (closed); -1: never
+    released: trio.Event = field(default_factory=trio.Event)  # its last handle was released
+
+    @property
+    def idle_since_close(self) -> bool:
+        return self.flushed_at == self.upload.bytes_written
 
 
 class Namespace:
-    def __init__(self, store: Store, keys: KeyMap, page_size: int = 1000) -> None:
+    def __init__(self, config: Config, store: Store, uploads: Uploads) -> None:
+        self.config = config
         self.store = store
-        self.keys = keys
-        self.page_size = page_size
-        self.mount_time = time.time()
+        self.uploads = uploads
+        self.keys = KeyMap(config.prefix, config.dir_suffix)
+        self.view = S3View(store, self.keys)
+        self.inodes = InodeTable(config.metadata_ttl, self.view.mount_time)
+        self.renamer = Renamer(store, config.rename_max_keys, self.keys)
+        self.writing: dict[int, Writing] = {}  # by inode
 
-    def dir_entry(self, mtime: float | None = None) -> Entry:
-        return Entry("dir", 0, mtime if mtime is not None else self.mount_time)
+    # -- names ------------------------------------------------------------------------------
 
-    async def stat(self, path: str) -> Entry | None:
-        """The entry at `path` (see `stat_listing`)."""
-        return (await self.stat_listing(path))[0]
+    def node(self, ino: int) -> Node:
+        return self.inodes.get(ino)
 
-    async def stat_listing(self, path: str, list_keys: int = 0
-                           ) -> tuple[Entry | None, dict[str, Entry] | None]:
-        """The entry at `path`: a directory if any key lies below it or its marker exists,
-        else a file if its key exists, else None. The S3 calls run concurrently. With
-        `list_keys`, the LIST that looks below `path` asks for that many names, one level
-        deep: a directory holding no more comes back with its complete listing as well (what
-        `small_listing` returns), so that looking up its entries next costs no request."""
-        if path == "":
-            return self.dir_entry(), None
-        found: dict[str, object] = {}
+    def path_of(self, parent_ino: int, raw: bytes) -> str:
+        """The path of entry `raw` in directory `parent_ino`; EINVAL for no valid name."""
+        parent = self.inodes.get(parent_ino)
+        if parent.kind != "dir":
+            raise FsError(f"{parent.path!r} is not a directory", errno.ENOTDIR)
+        name = decode_name(raw)
+        if name == ".":
+            return parent.path
+        if name == "..":
+            return parent_of(parent.path)
+        if len(raw) > NAME_MAX:  # the kernel leaves this check to the filesystem
+            raise FsError(f"name {name[:40]!r}... is {len(raw)} bytes; a file name may have "
+                          f"at most {NAME_MAX} bytes", errno.ENAMETOOLONG)
+        if not valid_name(name):
+            raise FsError(f"{name!r} is not a valid name", errno.EINVAL)
+        return join(parent.path, name)
 
-        async def run(name: str, fn: object) -> None:
-            found[name] = await fn  # type: ignore[misc]
+    def size(self, node: Node) -> int:
+        w = self.writing.get(node.ino)
+        return w.upload.bytes_written if w is not None else node.size
 
-        prefix = self.keys.dir_prefix(path)
+    def check_writable(self) -> None:
+        if self.config.read_only:
+            raise FsError("the mount is read-only", errno.EROFS)
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    async def lookup(self, parent_ino: int, raw: bytes) -> Node:
+        """The node of an entry, counted as known to the kernel; ENOENT for no valid name."""
         try:
-            async with trio.open_nursery() as n:
-                n.start_soon(run, "file", self.store.head(self.keys.file_key(path)))
-                n.start_soon(run, "below", self.store.list_page(
-                    prefix, "/" if list_keys else None, None, max(list_keys, 1)))
-                if self.keys.dir_suffix != "/":
-                    n.start_soon(run, "marker", self.store.head(self.keys.marker_key(path)))
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        below = found["below"]
-        marker = found.get("marker")
-        assert isinstance(below, ListPage)
-        if below.objects or below.prefixes or marker is not None:
-            mtime = marker.mtime if isinstance(marker, ObjectInfo) else None
-            if mtime is None and below.objects and below.objects[0].key == self.keys.marker_key(
-                    path):
-                mtime = below.objects[0].mtime
-            listing = (self._listing(path, prefix, below)
-                       if list_keys and below.next_token is None else None)
-            return self.dir_entry(mtime), listing
-        info = found["file"]
-        if isinstance(info, ObjectInfo):
-            return Entry("file", info.size, info.mtime, info.etag), None
-        return None, None
+            path = self.path_of(parent_ino, raw)
+        except FsError as exc:
+            if exc.errno_ not in (errno.EINVAL, errno.ENAMETOOLONG):
+                raise
+            raise not_found(raw.decode(errors="replace")) from None
+        node = await self.resolve(path)
+        self.inodes.looked_up(node)
+        return node
 
-    async def children(self, path: str) -> AsyncIterator[tuple[str, Entry]]:
-        """Every (name, entry) in directory `path`, each name once, directories winning."""
-        prefix = self.keys.dir_prefix(path)
-        shadows = _Shadows(self.keys.dir_suffix, self)
-        token: str | None = None
-        while True:
-            page = await self.store.list_page(prefix, "/", token, self.page_size)
-            for rel, name, entry in self._page_items(path, prefix, page):
-                for item in shadows.advance(rel):
-                    yield item
-                shadows.add(name, entry)
-            if page.next_token is None:
-                break
-            token = page.next_token
-        for item in shadows.drain():
-            yield item
+    def looked_up(self, node: Node) -> None:
+        """The kernel was told of `node` once more (a readdir entry)."""
+        self.inodes.looked_up(node)
 
-    async def small_listing(self, path: str) -> dict[str, Entry] | None:
-        """Every name in directory `path` with its entry, from one LIST page; None when the
-        directory holds more than a page."""
-        prefix = self.keys.dir_prefix(path)
-        page = await self.store.list_page(prefix, "/", None, self.page_size)
-        if page.next_token is not None:
-            return None
-        return self._listing(path, prefix, page)
+    def forget(self, ino: int, n: int) -> None:
+        self.inodes.forget(ino, n)
 
-    def _listing(self, path: str, prefix: str, page: ListPage) -> dict[str, Entry]:
-        """The entries of one complete page, each name once, directories winning."""
-        shadows = _Shadows(self.keys.dir_suffix, self)
-        out: dict[str, Entry] = {}
-        for rel, name, entry in self._page_items(path, prefix, page):
-            out.update(shadows.advance(rel))
-            shadows.add(name, entry)
-        out.update(shadows.drain())
+    async def getattr(self, ino: int) -> Node:
+        return await self.refresh(self.inodes.get(ino))
+
+    async def resolve(self, path: str) -> Node:
+        """The node at `path`, from the cache when fresh, else from S3; ENOENT if none."""
+        node = self.inodes.cached(path)
+        if node is not None:
+            return node
+        entry = None
+        if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
+            entry = self.inodes.listed(path) or await self._stat(path)
+            if entry is None:
+                self.inodes.set_missing(path)
+        if entry is None:
+            pinned = self.inodes.by_path.get(path)
+            if pinned is not None and pinned.pinned:
+                return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
+            raise not_found(path)
+        return self.inodes.upsert(path, entry)
+
+    async def _resolve_or_none(self, path: str) -> Node | None:
+        try:
+            return await self.resolve(path)
+        except FsError as exc:
+            if exc.errno_ == errno.ENOENT:
+                return None
+            raise
+
+    async def _stat(self, path: str) -> Entry | None:
+        """What S3 has at `path`. In a directory whose complete listing is kept but expired
+        (one made here by mkdir, or small when listed here before), one LIST of the directory
+        answers, and is kept: for --metadata-ttl, names not in it need no request (cp -r and
+        tar -x look up each new name first). Elsewhere a HEAD and a one-key LIST."""
+        dir_path, _, name = path.rpartition("/")
+        parent = self.inodes.by_path.get(dir_path)
+        listing = self.inodes.listings.get(dir_path)
+        if (path == "" or parent is None or listing is None
+                or listing.expires > self.inodes.clock()):
+            return await self._stat_and_list(path)
+        writes, started = parent.writes, self.inodes.clock()
+        entries = await self.view.small_listing(dir_path)
+        if entries is None:  # more than a page: not kept
+            self.inodes.listings.pop(dir_path, None)
+            return await self.view.stat(path)
+        if parent.writes == writes and self.inodes.by_path.get(dir_path) is parent:
+            # (else this mount added a name since the LIST began, which it may lack)
+            self._keep_listing(dir_path, entries, started)
+        return entries.get(name)
+
+    async def _stat_and_list(self, path: str) -> Entry | None:
+        """A HEAD and a one-level LIST of up to LOOKUP_LIST_KEYS names: a small directory's
+        listing comes with its lookup and is kept, so that its entries are then known (an
+        open of `d/f` on a fresh mount costs two round trips, not three)."""
+        before = self.inodes.by_path.get(path)
+        writes, started = (before.writes if before else 0), self.inodes.clock()
+        entry, entries = await self.view.stat_listing(path, LOOKUP_LIST_KEYS)
+        node = self.inodes.by_path.get(path)
+        if (entries is not None and node is before
+                and (before is None or before.writes == writes)):
+            # (else this mount may have added a name since the LIST began)
+            self._keep_listing(path, entries, started)
+        return entry
+
+    def _keep_listing(self, dir_path: str, entries: dict[str, Entry], started: float) -> None:
+        """Keep a complete listing that began at `started`, with the files being written
+        here (not in S3 yet, but they exist)."""
+        names = set(entries) | set(self._being_written_in(dir_path))
+        self.inodes.set_listing(dir_path, names, started + self.inodes.ttl, entries)
+
+    async def refresh(self, node: Node) -> Node:
+        """Re-read a file's attributes from S3 if they are stale."""
+        if node.kind == "file" and not node.detached and not self.inodes.fresh(node):
+            entry = await self.view.stat(node.path)
+            if entry is None:
+                self.inodes.detach(node)
+                raise not_found(node.path)
+            if entry.kind != node.kind:
+                self.inodes.detach(node)
+                raise FsError(f"{node.path!r} changed kind in S3", errno.ESTALE)
+            self.inodes.upsert(node.path, entry)
+        return node
+
+    # -- directories ------------------------------------------------------------------------
+
+    def opendir(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node.kind != "dir":
+            raise FsError(f"{node.path!r} is not a directory", errno.ENOTDIR)
+        self.inodes.opened(node)
+        return node
+
+    def closed(self, node: Node) -> None:
+        """A handle on `node` (file or directory) was released."""
+        self.inodes.closed(node)
+
+    def _being_written_in(self, dir_path: str) -> dict[str, Node]:
+        """Files being written directly inside `dir_path`, by name."""
+        out = {}
+        for w in self.writing.values():
+            dir_of, _, name = w.node.path.rpartition("/")
+            if dir_of == dir_path and not w.node.detached:
+                out[name] = w.node
         return out
 
-    def _page_items(self, path: str, prefix: str,
-                    page: ListPage) -> Iterator[tuple[str, str, Entry]]:
-        """(key relative to the directory, entry name, entry) in key order, valid names only."""
-        items: list[tuple[str, ObjectInfo | None]] = [(p, None) for p in page.prefixes]
-        items += [(o.key, o) for o in page.objects]
-        items.sort(key=lambda t: t[0])
-        suffix = self.keys.dir_suffix
-        for key, obj in items:
-            rel = key[len(prefix):]
-            if obj is None:
-                entry = self.dir_entry()
-            elif key == self.keys.marker_key(path) or key == prefix:
-                continue  # this directory's own marker
-            elif suffix != "/" and rel.endswith(suffix) and obj.size == 0:
-                key = key[: -len(suffix)]
-                entry = self.dir_entry(obj.mtime)
-            else:
-                entry = Entry("file", obj.size, obj.mtime, obj.etag)
-            name = self.keys.child_name(path, key)
-            if name is not None:
-                yield rel, name, entry
+    async def entries(self, node: Node) -> AsyncIterator[tuple[str, Entry]]:
+        """The directory's entries as S3 lists them, with the files being written here."""
+        writing = self._being_written_in(node.path)
+        async for name, entry in self.view.children(node.path):
+            if name in writing and entry.kind == "file":
+                continue
+            yield name, entry
+        for name, wnode in writing.items():
+            yield name, Entry("file", wnode.size, wnode.mtime)
 
-    async def is_empty(self, path: str) -> bool:
-        """True if nothing but the directory's own marker lies below `path`."""
-        page = await self.store.list_page(self.keys.dir_prefix(path), None, None, 2)
-        own = {self.keys.marker_key(path), self.keys.dir_prefix(path)}
-        return all(o.key in own for o in page.objects)
+    def entry_node(self, dir_node: Node, name: str, entry: Entry) -> Node:
+        """The node of a listed entry (readdir), not yet counted as known to the kernel."""
+        return self.inodes.upsert(join(dir_node.path, name), entry)
 
+    async def mkdir(self, parent_ino: int, raw: bytes) -> Node:
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        self.keys.check_key(path)
+        if await self._resolve_or_none(path) is not None:
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        empty_until = self.inodes.missing_until(path)  # no key lies below it until then
+        await self.store.put(self.keys.marker_key(path), b"", EMPTY_MD5)
+        node = self.inodes.upsert(path, self.view.dir_entry(time.time()))
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        if empty_until is not None:
+            self.inodes.set_listing(path, set(), empty_until)
+        return node
 
-class _Shadows:
-    """Holds each name back until the listing has passed every key that could shadow it.
+    async def rmdir(self, parent_ino: int, raw: bytes) -> None:
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        node = await self.resolve(path)
+        if node.kind != "dir":
+            raise FsError(f"{path!r} is not a directory", errno.ENOTDIR)
+        if not await self.view.is_empty(path) or self._being_written_in(path):
+            self.inodes.drop_listings(path)  # it may be out of date: another client wrote
+            raise FsError(f"{path!r} is not empty", errno.ENOTEMPTY)
+        marker = await self.store.head(self.keys.marker_key(path))
+        if marker is not None and marker.size > 0:
+            raise FsError(f"{path!r}: its marker object {marker.key!r} holds {marker.size} "
+                          "bytes that the mount does not show; not deleting them (delete the "
+                          "object with an S3 client if they are not needed)", errno.ENOTEMPTY)
+        await self.store.delete(self.keys.marker_key(path))
+        self.inodes.detach(node)
+        self.inodes.set_missing(path)
+        self.inodes.drop_listings(path)
+        self._pin_parent(parent_ino)
 
-    Keys for a name n are n (file), n + "/" (common prefix) and n + suffix (marker); the
-    listing is sorted, so once it passes max(n + "/", n + suffix) nothing more about n can come.
-    Only names that are prefixes of the keys in between are held: a handful, in practice.
-    """
+    def _pin_parent(self, parent_ino: int) -> None:
+        """Removing an entry must not make an implicit parent directory vanish."""
+        parent = self.inodes.get(parent_ino)
+        parent.pinned = parent.ino != ROOT_INODE
 
-    def __init__(self, suffix: str, ns: Namespace) -> None:
-        self.suffix = suffix
-        self.ns = ns
-        self.pending: dict[str, Entry] = {}
+    # -- files ------------------------------------------------------------------------------
 
-    def _limit(self, name: str) -> str:
-        return max(name + "/", name + self.suffix)
+    async def unlink(self, parent_ino: int, raw: bytes) -> None:
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        node = await self.resolve(path)
+        if node.kind == "dir":
+            raise FsError(f"{path!r} is a directory", errno.EISDIR)
+        await self.settle(node)
+        if node.writing:
+            raise FsError(f"{path!r} is being written; close it before removing it",
+                          errno.EBUSY)
+        await self.store.delete(self.keys.file_key(path))
+        self.inodes.detach(node)
+        self.inodes.set_missing(path)
+        self._pin_parent(parent_ino)
 
-    def advance(self, rel: str) -> Iterator[tuple[str, Entry]]:
-        done = [n for n in self.pending if rel > self._limit(n)]
-        for n in done:
-            yield n, self.pending.pop(n)
+    async def rename(self, old_parent: int, old_raw: bytes, new_parent: int, new_raw: bytes,
+                     noreplace: bool) -> None:
+        self.check_writable()
+        old = self.path_of(old_parent, old_raw)
+        new = self.path_of(new_parent, new_raw)
+        self.keys.check_key(new)
+        src = await self.resolve(old)
+        await self.settle(src)
+        if old == new:
+            return
+        dst = await self._resolve_or_none(new)
+        if dst is not None:
+            if dst.kind == "dir" and (self._being_written_in(new)
+                                      or not await self.view.is_empty(new)):
+                raise FsError(f"{new!r} is a directory that is not empty", errno.ENOTEMPTY)
+            await self.settle(dst)
+        below = old + "/"
+        renamer.check(src.kind, old, dst.kind if dst else None, new, noreplace,
+                      src_busy=src.writing or any(w.node.path.startswith(below)
+                                                  for w in self.writing.values()),
+                      dst_busy=dst is not None and dst.writing)
+        if src.kind == "file":
+            info = await self.renamer.move_file(self.keys.file_key(old),
+                                                self.keys.file_key(new))
+            self.inodes.move(old, new)
+            self.inodes.upsert(new, Entry("file", info.size, info.mtime, info.etag))
+        else:
+            n = await self.renamer.move_dir(old, new)
+            log.info("renamed directory %r to %r: %d keys copied and deleted", old, new, n)
+            self.inodes.move(old, new)
+        self.inodes.wrote(new)
+        self.inodes.drop_listings(old)
+        self._pin_parent(old_parent)
 
-    def add(self, name: str, entry: Entry) -> None:
-        old = self.pending.get(name)
-        if old is None or (entry.kind == "dir" and old.kind == "file"):
-            if old is not None:
-                log.debug("file %r is hidden by a directory of the same name", name)
-            self.pending[name] = entry
-        elif old.kind == "dir" and entry.kind == "dir" and entry.mtime != self.ns.mount_time:
-            self.pending[name] = entry  # keep the marker's mtime
+    async def make_empty(self, parent_ino: int, raw: bytes) -> Node:
+        """A new empty file at the name, stored at once (mknod of a regular file)."""
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        key = self.keys.check_key(path)
+        if await self._resolve_or_none(path) is not None:
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        sent = await self.store.put(key, b"", EMPTY_MD5)
+        if sent.etag != EMPTY_MD5.hex() and sent.encryption is None:
+            raise FsError(f"{path!r}: S3 answered ETag {sent.etag} for an empty object",
+                          errno.EIO)
+        node = self.inodes.upsert(path, Entry("file", 0, time.time(), sent.etag))
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        return node
 
-    def drain(self) -> Iterator[tuple[str, Entry]]:
-        yield from self.pending.items()
-        self.pending.clear()
+    async def link(self, ino: int, parent_ino: int, raw: bytes) -> Node:
+        """A second name for a file: a verified server-side copy. The two names do not share
+        later changes (S3 has no hard links)."""
+        self.check_writable()
+        src = self.inodes.get(ino)
+        if src.kind == "dir":
+            raise FsError(f"{src.path!r} is a directory: no hard links to directories",
+                          errno.EPERM)
+        path = self.path_of(parent_ino, raw)
+        key = self.keys.check_key(path)
+        await self.settle(src)
+        if src.writing:
+            raise FsError(f"{src.path!r} is being written; close it before linking it",
+                          errno.EBUSY)
+        if await self._resolve_or_none(path) is not None:
+            raise FsError(f"{path!r} already exists", errno.EEXIST)
+        info = await self.store.head(self.keys.file_key(src.path))
+        if info is None:
+            self.inodes.detach(src)
+            raise not_found(src.path)
+        copied = await self.renamer.copy(info, key)
+        node = self.inodes.upsert(path, Entry("file", copied.size, copied.mtime, copied.etag))
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        return node
+
+    async def open_read(self, ino: int) -> Node:
+        """A file to read, with fresh attributes; counted open until `closed`."""
+        node = self.inodes.get(ino)
+        if node.kind == "dir":
+            raise FsError(f"{node.path!r} is a directory", errno.EISDIR)
+        await self.settle(node)
+        if node.writing:
+            raise FsError(f"{node.path!r} is being written; it can be read once it is "
+                          "closed", errno.EPERM)
+        node = await self.refresh(node)
+        self.inodes.opened(node)
+        return node
+
+    async def open_write(self, ino: int, flags: int) -> tuple[Node, Upload | None]:
+        """An existing file opened for writing. With O_TRUNC, a new upload that will replace
+        it; without, no upload yet (None): the object stays as it is unless the handle
+        truncates it to 0 (`truncate`), and a write that would change it is refused."""
+        node = self.inodes.get(ino)
+        if node.kind == "dir":
+            raise FsError(f"{node.path!r} is a directory", errno.EISDIR)
+        self.check_writable()
+        await self.settle(node)
+        if flags & os.O_TRUNC:
+            upload = self._start_write(node)
+        elif node.writing:
+            raise FsError(f"{node.path!r} is already being written by another handle; "
+                          "S3 takes one writer per object", errno.EPERM)
+        else:
+            node, upload = await self.refresh(node), None
+        self.inodes.opened(node)
+        return node, upload
+
+    def refuse_in_place(self, node: Node, off: int) -> FsError:
+        """The error for a write into an existing object that was not truncated first."""
+        return FsError(f"{node.path!r}: a write at offset {off} would change the existing "
+                       f"object ({node.size} bytes) in place; S3 objects can only be replaced "
+                       "whole: open it with O_TRUNC (as cp, dd and > do) or truncate it to 0 "
+                       "first", errno.EPERM)
+
+    async def truncate(self, node: Node, size: int, upload: Upload | None,
+                       handle: bool) -> Upload | None:
+        """Truncate `node` to `size` bytes, through a write handle (`handle`; `upload` is what
+        it writes, None if nothing yet) or by path. Returns the handle's upload: a file opened
+        without O_TRUNC and truncated to 0 becomes a new upload, as if opened with O_TRUNC."""
+        self.check_writable()
+        if upload is not None or size == self.size(node):
+            if size != self.size(node):
+                raise FsError(f"{node.path!r}: truncate to {size} bytes is not supported "
+                              "(only to the current size, or to 0 before writing)",
+                              errno.EOPNOTSUPP)
+            return upload
+        if size != 0:
+            raise FsError(f"{node.path!r}: truncate to {size} bytes is not supported (only to "
+                          "the current size, or to 0 before writing)", errno.EOPNOTSUPP)
+        await self.settle(node)
+        if handle:
+            return self._start_write(node)
+        if node.writing:
+            raise FsError(f"{node.path!r} is being written; close it before truncating it",
+                          errno.EBUSY)
+        sent = await self.store.put(self.keys.check_key(node.path), b"", EMPTY_MD5)
+        if sent.etag != EMPTY_MD5.hex() and sent.encryption is None:
+            raise FsError(f"{node.path!r}: truncated to 0 bytes, but S3 answered ETag "
+                          f"{sent.etag} for the empty object", errno.EIO)
+        self.inodes.upsert(node.path, Entry("file", 0, time.time(), sent.etag))
+        self.inodes.wrote(node.path)
+        return None
+
+    async def create(self, parent_ino: int, raw: bytes) -> tuple[Node, Upload]:
+        """A new (or replaced) file at the name, being written; known to the kernel."""
+        self.check_writable()
+        path = self.path_of(parent_ino, raw)
+        self.keys.check_key(path)
+        node = self.inodes.by_path.get(path)
+        if node is not None and node.kind == "dir":
+            raise FsError(f"{path!r} is a directory", errno.EISDIR)
+        if node is not None:
+            await self.settle(node)
+            node = self.inodes.by_path.get(path)  # (the settled upload may have replaced it)
+        if node is None or not node.writing:
+            node = self.inodes.upsert(path, Entry("file", 0, time.time()))
+        upload = self._start_write(node)
+        self.inodes.opened(node)
+        self.inodes.looked_up(node)
+        self.inodes.wrote(path)
+        return node, upload
+
+    def _start_write(self, node: Node) -> Upload:
+        if node.writing:
+            raise FsError(f"{node.path!r} is already being written by another handle; "
+                          "S3 takes one writer per object", errno.EPERM)
+        upload = self.uploads.start(self.keys.check_key(node.path))
+        self.writing[node.ino] = Writing(node, upload)
+        node.writing = True
+        node.mtime = time.time()
+        return upload
+
+    # -- the end of a write -----------------------------------------------------------------
+
+    def flushed(self, node: Node, upload: Upload) -> None:
+        """A handle writing `upload` was closed (FLUSH): its RELEASE may follow."""
+        w = self.writing.get(node.ino)
+        if w is not None and w.upload is upload:
+            w.flushed_at = upload.bytes_written
+
+    async def finish_write(self, node: Node, upload: Upload) -> None:
+        """Complete and verify the upload; the name then shows the object. Raises its
+        failure."""
+        try:
+            await upload.complete()
+        finally:
+            self._done_writing(node, upload)
+
+    def released(self, node: Node, upload: Upload) -> None:
+        """The last handle of an upload was released (RELEASE)."""
+        w = self.writing.get(node.ino)
+        if w is not None and w.upload is upload:
+            w.released.set()
+
+    def end_write(self, node: Node, upload: Upload) -> None:
+        """A released upload that is not open: failed, or done (a flush completed it); one
+        still completing is left to the call that completes it."""
+        if upload.state in (UploadState.DONE, UploadState.FAILED):
+            self._done_writing(node, upload)
+
+    def _done_writing(self, node: Node, upload: Upload) -> None:
+        """Once per upload: the name stops being written, and shows the object if the upload
+        succeeded."""
+        w = self.writing.get(node.ino)
+        if w is None or w.upload is not upload:
+            return
+        del self.writing[node.ino]
+        node.writing = False
+        if upload.state is UploadState.DONE and upload.result is not None:
+            info = upload.result
+            self.inodes.upsert(node.path, Entry("file", info.size, info.mtime, info.etag))
+            self.inodes.wrote(node.path)  # the object exists from now on
+
+    async def settle(self, node: Node) -> None:
+        """Wait for a file that was closed a moment ago to finish being written (or fail), so
+        that a call right after close() sees the object rather than a file being written."""
+        w = self.writing.get(node.ino)
+        if w is None:
+            return
+        if w.upload.state is UploadState.OPEN:
+            if not w.idle_since_close:
+                return  # written since it was last closed: open elsewhere
+            with trio.move_on_after(SETTLE_GRACE):
+                await w.released.wait()
+            if not w.released.is_set():
+                return  # still open elsewhere
+        await w.upload.done.wait()
+        self._done_writing(node, w.upload)
+
+    async def shutdown(self) -> None:
+        """At unmount: let completing uploads finish, abort those never closed."""
+        await self.uploads.shutdown()

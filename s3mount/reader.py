@@ -160,3 +160,15 @@ class Reader:
         for view in parts:
             view.release()
         return data
+
+
+class Readers:
+    """Opens the readers of a mount: they share its store, read budget and nursery."""
+
+    def __init__(self, store: Store, budget: ReadBudget, nursery: trio.Nursery,
+                 max_window: int) -> None:
+        self.store, self.budget, self.nursery = store, budget, nursery
+        self.max_window = max_window
+
+    def open(self, key: str, etag: str, size: int) -> Reader:
+        return Reader(self.store, key, etag, size, self.budget, self.nursery, self.max_window)

@@ -10,6 +10,10 @@ CopyObject, so that is tried next for objects up to 5 GiB. When no copy can be v
 falls back to copying through the mount, where every write is verified. Empty objects
 (directory markers) are written anew rather than copied.
 
+`check` holds the rules of which renames are possible at all; `move_dir` moves a directory's
+keys and its marker. The namespace (namespace.py) resolves the names, settles files being
+written, and updates its tables after a move.
+
 A directory is every key under its prefix: each is copied and verified, and only when all
 are does the deletion of the sources begin, so a failure part way leaves every object in at
 least one place. At most `max_keys` keys, beyond which rename refuses with EXDEV too. None of
@@ -26,14 +30,14 @@ import trio
 
 from .config import S3_MAX_PUT
 from .errors import FsError, IntegrityError, StoreError, first_error
-from .etag import etag_is_md5
+from .etag import EMPTY_MD5, etag_is_md5
+from .keys import KeyMap
+from .s3view import Kind, S3View
 from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 COPY_CONCURRENCY = 8
 
-
-EMPTY_MD5 = bytes.fromhex("d41d8cd98f00b204e9800998ecf8427e")
 
 
 def _unverifiable(key: str, why: str) -> FsError:
@@ -47,10 +51,53 @@ def parts_of(etag: str) -> int:
     return int(n) if dash and n.isdigit() else 0
 
 
+def check(src_kind: Kind, old: str, dst_kind: Kind | None, new: str, noreplace: bool,
+          src_busy: bool = False, dst_busy: bool = False) -> None:
+    """Refuse a rename of `old` onto `new` that no copy could perform (POSIX's errnos), or
+    that would move a file being written (`src_busy`: it or a file below it) or replace one
+    (`dst_busy`)."""
+    if src_busy:
+        raise FsError(f"{old!r} is being written; close it before renaming it", errno.EBUSY)
+    if src_kind == "dir" and new.startswith(old + "/"):
+        raise FsError(f"cannot move {old!r} into itself ({new!r})", errno.EINVAL)
+    if dst_kind is None:
+        return
+    if noreplace:
+        raise FsError(f"{new!r} exists (RENAME_NOREPLACE)", errno.EEXIST)
+    if dst_busy:
+        raise FsError(f"{new!r} is being written; close it first", errno.EBUSY)
+    if src_kind == "file" and dst_kind == "dir":
+        raise FsError(f"{new!r} is a directory", errno.EISDIR)
+    if src_kind == "dir" and dst_kind == "file":
+        raise FsError(f"{new!r} is not a directory", errno.ENOTDIR)
+
+
 class Renamer:
-    def __init__(self, store: Store, max_keys: int) -> None:
+    def __init__(self, store: Store, max_keys: int, keys: KeyMap | None = None) -> None:
         self.store = store
         self.max_keys = max_keys
+        self.keys = keys or KeyMap()
+        self.view = S3View(store, self.keys)
+
+    async def move_dir(self, old: str, new: str) -> int:
+        """Move directory `old` (every key below it, and its marker) to `new`; returns how
+        many keys were below it."""
+        n = await self.move_tree(self.keys.dir_prefix(old), self.keys.dir_prefix(new))
+        await self._move_marker(old, new)
+        return n
+
+    async def _move_marker(self, old: str, new: str) -> None:
+        """A marker outside the directory's prefix (a suffix such as `_$folder$`) moves too;
+        a directory without one gets one, so that it exists under its new name."""
+        marker = self.keys.marker_key(old)
+        if marker.startswith(self.keys.dir_prefix(old)):
+            if not await self.view.stat(new):
+                await self.store.put(self.keys.marker_key(new), b"", EMPTY_MD5)
+            return
+        if await self.store.head(marker) is not None:
+            await self.move_file(marker, self.keys.marker_key(new))
+        elif not await self.view.stat(new):
+            await self.store.put(self.keys.marker_key(new), b"", EMPTY_MD5)
 
     async def move_file(self, src: str, dst: str) -> ObjectInfo:
         info = await self.store.head(src)

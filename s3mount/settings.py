@@ -23,10 +23,10 @@ import argparse
 import os
 import stat
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import Credentials
 from .errors import QuietError
 
 SYSTEM_CONFIG = Path("/etc/s3mount/config.toml")
@@ -48,21 +48,6 @@ IGNORED_MOUNT_OPTIONS = {
 FLAG_WORDS = {"ro": ("read_only", True), "rw": ("read_only", False)}
 NOT_SETTINGS = {"help", "version", "bucket", "mountpoint", "options", "config",
                 "print_config", "foreground"}
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key: str
-    secret_key: str
-    source: str
-
-    def __repr__(self) -> str:
-        return f"Credentials({mask(self.access_key)}, secret hidden, from {self.source})"
-
-
-def mask(secret: str) -> str:
-    return secret[:4] + "*" * max(4, len(secret) - 8) + secret[-4:] if len(secret) > 8 \
-        else "*" * len(secret)
 
 
 def settable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import QuietError
+from .options import Parser
 from .schedule import human_size
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def snapshot(config: Config, uploads: Uploads, started: float,
 
 async def serve(path: Path, make_doc: Callable[[], dict[str, Any]]) -> None:
     """Answer each connection on `path` with the current snapshot; runs until cancelled."""
-    import trio
+    import trio  # lazy: only the mount serves; `s3mount status` does without trio's import
 
     _prepare(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -159,8 +160,6 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def status_main(argv: Sequence[str]) -> int:
-    from .cli import Parser
-
     p = Parser(prog="s3mount status", description="Show what a running mount is doing: "
                "uploads in flight with progress, totals, memory, recent errors.")
     p.add_argument("mountpoint")

@@ -27,7 +27,7 @@ import botocore.utils
 import trio
 
 from .checksum import ALGORITHMS, Algorithm
-from .config import Config
+from .config import Config, mask
 from .errors import (
     AccessDenied,
     NoSuchBucket,
@@ -444,8 +444,6 @@ def _session(config: Config) -> Any:
 
 def credential_summary(config: Config) -> str:
     """Which credentials a mount would use, with the keys masked."""
-    from .settings import mask
-
     if config.credentials is not None:
         return (f"access key {mask(config.credentials.access_key)} from "
                 f"{config.credentials.source}")

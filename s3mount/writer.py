@@ -31,7 +31,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -43,9 +43,6 @@ from .errors import FsError, IntegrityError, StoreError
 from .etag import MultipartETag, etag_is_md5
 from .schedule import PartSchedule
 from .store import Extra, ObjectInfo, Sent, Store
-
-if TYPE_CHECKING:
-    from .inodes import Node
 
 log = logging.getLogger(__name__)
 PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
@@ -70,9 +67,9 @@ def _hashes(view: memoryview, algo: Algorithm | None,
 class Upload:
     """One file being written: its parts, their MD5s and ETags, and its outcome."""
 
-    def __init__(self, mgr: Uploads, key: str, node: Node) -> None:
-        self.mgr, self.store, self.key, self.node = mgr, mgr.store, key, node
-        self.bytes_written = 0  # end of the stream: bytes written, holes included
+    def __init__(self, mgr: Uploads, key: str) -> None:
+        self.mgr, self.store, self.key = mgr, mgr.store, key
+        self.end = 0  # end of the stream: bytes written, holes included
         self.promised = 0  # a size set by ftruncate past the end: zeros up to it at close
         self.bytes_uploaded = 0  # in parts whose ETag matched
         self.started = time.monotonic()
@@ -94,9 +91,10 @@ class Upload:
         self.done = trio.Event()
 
     @property
-    def size(self) -> int:
-        """The file's size as stat shows it: what was written, or more if truncated up."""
-        return max(self.bytes_written, self.promised)
+    def bytes_written(self) -> int:
+        """The file's size as stat shows it: the bytes written (holes included), or the size
+        set by ftruncate if that is larger (its zeros are added at close)."""
+        return max(self.end, self.promised)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -107,16 +105,16 @@ class Upload:
             self._check_open()
             view = memoryview(data)
             part = self.part
-            if off == self.bytes_written and part is not None and len(view) <= part.room:
+            if off == self.end and part is not None and len(view) <= part.room:
                 self._advance(part.put(view))  # fast path: it fits in the current buffer
                 return len(data)
             try:
-                if off < self.bytes_written:
-                    n = min(len(view), self.bytes_written - off)
+                if off < self.end:
+                    n = min(len(view), self.end - off)
                     self._patch(off, view[:n])
                     off, view = off + n, view[n:]
-                if view and off > self.bytes_written:
-                    await self._append_zeros(off - self.bytes_written)
+                if view and off > self.end:
+                    await self._append_zeros(off - self.end)
                 await self._append(view)
             except FsError as exc:
                 await self._fail(exc)
@@ -127,10 +125,10 @@ class Upload:
         """ftruncate: past the end, zeros up to `size` at close (unless written before then);
         below it, only bytes still in memory can be cut (else the upload is aborted)."""
         async with self.lock:
-            if size == self.size:
+            if size == self.bytes_written:
                 return
             self._check_open()
-            if size >= self.bytes_written:
+            if size >= self.end:
                 self.promised = size
                 return
             try:
@@ -140,7 +138,7 @@ class Upload:
                 raise
 
     def _advance(self, n: int) -> None:
-        self.bytes_written += n
+        self.end += n
         self.mgr.budget.written += n
 
     async def _append(self, view: memoryview) -> None:
@@ -166,7 +164,7 @@ class Upload:
         if sum(hi - lo for _, lo, hi in spans) != len(view):
             raise FsError(
                 f"{self.key}: write of {len(view)} bytes at offset {off} is outside the "
-                f"rewrite window ({self._window()}; {self.bytes_written} bytes written): "
+                f"rewrite window ({self._window()}; {self.end} bytes written): "
                 "bytes written earlier can be changed only while they are in memory "
                 "(part 1 until close, and the part being filled); upload aborted",
                 errno.EINVAL)
@@ -189,12 +187,12 @@ class Upload:
     def _cut(self, size: int) -> None:
         """Shrink the stream to `size` bytes, all of whose bytes past it are in memory."""
         part = self.part
-        assert part is not None  # something was written: size < bytes_written
+        assert part is not None  # something was written: size < end
         low = 0 if self.first is not None and part.number <= 2 else part.start
         if size < low:
             raise FsError(
                 f"{self.key}: truncate to {size} bytes is not supported: bytes from {low} "
-                f"on were already sent ({self._window()}; {self.bytes_written} bytes "
+                f"on were already sent ({self._window()}; {self.end} bytes "
                 "written); upload aborted", errno.EOPNOTSUPP)
         if size < part.start:  # back into part 1: part 2 goes
             assert self.first is not None
@@ -202,7 +200,7 @@ class Upload:
             self.part = part = self.first
             self.parts_started = 1
         part.fill = size - part.start
-        self.bytes_written = self.promised = size
+        self.end = self.promised = size
 
     def _check_open(self) -> None:
         if self.error is not None:
@@ -371,8 +369,8 @@ class Upload:
             self.mgr.forget(self)
 
     async def _finish(self) -> ObjectInfo:
-        if self.promised > self.bytes_written:
-            await self._append_zeros(self.promised - self.bytes_written)
+        if self.promised > self.end:
+            await self._append_zeros(self.promised - self.end)
         part = self.part
         if part is not None and part is not self.first and not part.fill:
             part.free(self.mgr.budget)  # emptied by a truncate
@@ -426,10 +424,10 @@ class Upload:
         finally:
             if part is not None:
                 part.free(self.mgr.budget)
-        self.bytes_uploaded = self.bytes_written
+        self.bytes_uploaded = self.end
         if problem := self._check_sent("the PUT", sent, digest, extra):
             await self._remove_bad_object(f"the PUT {problem}")
-        return ObjectInfo(self.key, self.bytes_written, time.time(), sent.etag,
+        return ObjectInfo(self.key, self.end, time.time(), sent.etag,
                           sent.checksum, sent.encryption)
 
     async def _verify(self, etag: str | None, summed: str | None) -> ObjectInfo:
@@ -439,8 +437,8 @@ class Upload:
         if info is None:
             raise IntegrityError(f"{self.key}: the object is missing right after its upload")
         wrong = []
-        if info.size != self.bytes_written:
-            wrong.append(f"size {info.size}, expected {self.bytes_written}")
+        if info.size != self.end:
+            wrong.append(f"size {info.size}, expected {self.end}")
         if etag is not None and info.etag != etag:
             wrong.append(f"ETag {info.etag}, expected {etag}")
         if summed is not None and info.checksum != summed:
@@ -521,8 +519,8 @@ class Uploads:
                         encryption, algo.s3_name)
         return False
 
-    def start(self, key: str, node: Node) -> Upload:
-        up = Upload(self, key, node)
+    def start(self, key: str) -> Upload:
+        up = Upload(self, key)
         self.active[id(up)] = up
         return up
 
@@ -535,11 +533,6 @@ class Uploads:
                 self.failed += 1
         if not self.active:
             self.budget.trim()
-
-    def nodes_in(self, dir_path: str) -> list[Node]:
-        """Nodes of files being written directly inside `dir_path`."""
-        return [u.node for u in self.active.values()
-                if u.node.path.rpartition("/")[0] == dir_path and not u.node.detached]
 
     def __iter__(self) -> Iterator[Upload]:
         return iter(list(self.active.values()))

@@ -4,7 +4,9 @@ in-process filesystem (level 2) and a real FUSE mount in a subprocess (level 3).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +19,64 @@ from typing import Any
 import pytest
 
 from s3mount.config import Config
+from s3mount.settings import Credentials
+from tests.motoserver import ACCESS_KEY as MOTO_ACCESS_KEY
+from tests.motoserver import SECRET_KEY as MOTO_SECRET_KEY
+from tests.motoserver import MotoServer
 from tests.seaweed import SeaweedServer
 
 _bucket_numbers = itertools.count(1)
+
+
+# -- every in-process test fails on a WARNING or ERROR log line it did not expect --------------
+
+
+class LogCheck(logging.Handler):
+    """Keeps the records of WARNING and above (log.exception included) that no expected
+    pattern matches. A pattern is searched in "logger.name: message"."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.expected: list[re.Pattern[str]] = []
+        self.unexpected: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self.level:  # (a logger filters by level before its handlers)
+            return
+        line = f"{record.name}: {record.getMessage()}"
+        if not any(p.search(line) for p in self.expected):
+            self.unexpected.append(f"{record.levelname} {line}"
+                                   + (" (with a traceback)" if record.exc_info else ""))
+
+
+@pytest.fixture(autouse=True)
+def check_logs(request: pytest.FixtureRequest) -> Iterator[LogCheck]:
+    """Fails the test on an unexpected WARNING or ERROR line logged in this process (s3ql's
+    pytest_checklogs). Expected lines: `@pytest.mark.expect_log("regex", ...)` or the
+    `expect_log` fixture. Tests of a real mount check the mount's own log instead
+    (`mount_factory`)."""
+    check = LogCheck()
+    for marker in request.node.iter_markers("expect_log"):
+        check.expected += [re.compile(p) for p in marker.args]
+    in_process = "mount_factory" not in request.fixturenames
+    root = logging.getLogger()
+    if in_process:
+        root.addHandler(check)
+    try:
+        yield check
+    finally:
+        root.removeHandler(check)
+    if check.unexpected:
+        pytest.fail("unexpected log lines (declare them with expect_log if they are "
+                    "right):\n" + "\n".join(check.unexpected), pytrace=False)
+
+
+@pytest.fixture
+def expect_log(check_logs: LogCheck) -> Callable[..., None]:
+    """expect_log("regex", ...): these log lines are part of what the test proves."""
+    def expect(*patterns: str) -> None:
+        check_logs.expected += [re.compile(p) for p in patterns]
+    return expect
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +113,27 @@ def config(s3server: SeaweedServer, bucket: str, tmp_path: Path) -> Config:
     return Config(bucket=bucket, mountpoint=str(tmp_path / "mnt"),
                   endpoint_url=s3server.endpoint_url, part_size=5 * 1024 * 1024,
                   max_memory=20 * 1024 * 1024, retries=2, write_deadline=30)
+
+
+@pytest.fixture(scope="session")
+def motoserver() -> Iterator[MotoServer]:
+    """moto's S3 server: a second S3 implementation, in memory (keep objects small)."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto_config(motoserver: MotoServer, request: pytest.FixtureRequest,
+                tmp_path: Path) -> Config:
+    """Like `config`, for a fresh bucket on moto's server."""
+    name = f"m{next(_bucket_numbers)}-{os.getpid()}"
+    client = motoserver.client()
+    client.create_bucket(Bucket=name)
+    client.close()
+    return Config(bucket=name, mountpoint=str(tmp_path / "mnt"),
+                  endpoint_url=motoserver.endpoint_url, part_size=5 * 1024 * 1024,
+                  max_memory=20 * 1024 * 1024, retries=2, write_deadline=30,
+                  credentials=Credentials(MOTO_ACCESS_KEY, MOTO_SECRET_KEY, "moto"))
 
 
 def put(s3: Any, bucket: str, key: str, body: bytes = b"x") -> None:

@@ -27,7 +27,7 @@ import trio
 
 from s3mount.config import Config
 from s3mount.keys import KeyMap
-from s3mount.namespace import Namespace
+from s3mount.s3view import S3View
 from s3mount.store import ListPage, ObjectInfo, S3Store
 from tests.conftest import Mount, get, keys, put
 from tests.seaweed import SeaweedServer, find_weed
@@ -130,6 +130,9 @@ class InjectedListing:
         return ListPage(page.objects + more, page.prefixes + prefixes, page.next_token)
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.fs: create: 'nul\\x00x' is not a valid name \(EINVAL\)$",
+)
 async def test_keys_that_are_no_valid_names(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery,
                                             caplog: pytest.LogCaptureFixture) -> None:
@@ -138,7 +141,7 @@ async def test_keys_that_are_no_valid_names(config: Config, s3: Any, bucket: str
     hostile = {"": (["nul\0x", ".", ".."], ["./", "../", "nul\0dir/"]),
                "a/": (["a/.", "a/.."], ["a//"])}  # `a//b` lists as prefix `a//` under `a/`
     store = InjectedListing(S3Store(config), hostile)
-    ns = Namespace(store, KeyMap())  # type: ignore[arg-type]
+    ns = S3View(store, KeyMap())  # type: ignore[arg-type]
     with caplog.at_level(logging.DEBUG, logger="s3mount.keys"):
         root = [name async for name, _ in ns.children("")]
         below = [name async for name, _ in ns.children("a")]
@@ -192,6 +195,10 @@ class MarkerWithData:
         return dataclasses.replace(page, objects=[self._sized(o) for o in page.objects])
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.fs: open: 'alone' is a directory \(EISDIR\)$",
+    r"^s3mount\.fs: rmdir: 'alone': its marker object 'alone/' holds \d+ bytes",
+)
 async def test_rmdir_keeps_a_marker_that_holds_data(config: Config, s3: Any, bucket: str,
                                                     nursery: trio.Nursery,
                                                     caplog: pytest.LogCaptureFixture) -> None:
@@ -231,24 +238,53 @@ def test_unicode_normalisation_forms_are_distinct(mount_factory: Callable[..., M
 # -- operations S3 cannot express -------------------------------------------------------------
 
 
-def test_symlink_hard_link_and_mknod_are_eperm(mount_factory: Callable[..., Mount], s3: Any,
-                                               bucket: str) -> None:
+def test_symlink_fifo_and_device_are_eperm_link_and_mknod_file_work(
+        mount_factory: Callable[..., Mount], s3: Any, bucket: str, tmp_path: Path) -> None:
     put(s3, bucket, "f", b"data")
     m = mount_factory(bucket)
-    m.allowed_errors += ["S3 has no symbolic links", "S3 has no hard links",
-                         "S3 cannot store FIFOs"]
+    m.allowed_errors += ["S3 has no symbolic links", "S3 cannot store FIFOs"]
     assert oserror(lambda: os.symlink("f", m.path / "ln")) == errno.EPERM
-    assert oserror(lambda: os.link(m.path / "f", m.path / "hl")) == errno.EPERM
     assert oserror(lambda: os.mkfifo(m.path / "fifo")) == errno.EPERM
     assert oserror(lambda: os.mknod(m.path / "dev", stat.S_IFCHR | 0o600,
                                     os.makedev(1, 3))) == errno.EPERM
     r = subprocess.run(["ln", "-s", "f", str(m.path / "ln2")], capture_output=True, text=True)
     assert r.returncode == 1 and "Operation not permitted" in r.stderr
-    assert keys(s3, bucket) == ["f"]
     assert oserror(lambda: os.lstat(m.path / "ln")) == errno.ENOENT
     assert len(log_lines(m, "S3 has no symbolic links")) == 2
-    assert len(log_lines(m, "S3 has no hard links")) == 1
     assert len(log_lines(m, "S3 cannot store FIFOs")) == 2
+    # mknod of a regular file makes an empty file, as open(O_CREAT) does
+    os.mknod(m.path / "empty", stat.S_IFREG | 0o644)
+    assert oserror(lambda: os.mknod(m.path / "empty", stat.S_IFREG | 0o644)) == errno.EEXIST
+    # a hard link is a verified server-side copy: the names do not share later changes
+    os.link(m.path / "f", m.path / "hl")
+    assert (m.path / "hl").read_bytes() == b"data"
+    assert oserror(lambda: os.link(m.path / "f", m.path / "hl")) == errno.EEXIST
+    assert sorted(keys(s3, bucket)) == ["empty", "f", "hl"]
+    assert get(s3, bucket, "empty") == b"" and get(s3, bucket, "hl") == b"data"
+    # tar -x of an archive with hard links: the second name is there, with the bytes
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"linked bytes")
+    os.link(src / "a", src / "b")
+    subprocess.run(["tar", "-cf", str(tmp_path / "t.tar"), "-C", str(src), "a", "b"],
+                   check=True)
+    (m.path / "x").mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "t.tar"), "-C", str(m.path / "x")],
+                   check=True)
+    assert get(s3, bucket, "x/a") == get(s3, bucket, "x/b") == b"linked bytes"
+
+
+def test_unlinked_open_file_has_no_links(mount_factory: Callable[..., Mount], s3: Any,
+                                         bucket: str) -> None:
+    put(s3, bucket, "f", b"data")
+    m = mount_factory(bucket)
+    fd = os.open(m.path / "f", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_nlink == 1
+        os.unlink(m.path / "f")
+        assert os.fstat(fd).st_nlink == 0  # POSIX: no name left
+    finally:
+        os.close(fd)
 
 
 def getlk_from_another_process(path: Path) -> tuple[int, int]:
@@ -318,10 +354,13 @@ def test_fallocate_is_not_supported(mount_factory: Callable[..., Mount], s3: Any
 def test_o_append(mount_factory: Callable[..., Mount], s3: Any, bucket: str) -> None:
     put(s3, bucket, "old", b"old bytes")
     m = mount_factory(bucket)
-    m.allowed_errors.append("open it with O_TRUNC")
-    assert oserror(lambda: os.open(m.path / "old", os.O_WRONLY | os.O_APPEND)) == errno.EPERM
-    assert oserror(lambda: os.open(m.path / "old",
-                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT)) == errno.EPERM
+    m.allowed_errors.append("would change the existing object")
+    for flags in (os.O_WRONLY | os.O_APPEND, os.O_WRONLY | os.O_APPEND | os.O_CREAT):
+        fd = os.open(m.path / "old", flags)
+        try:
+            assert oserror(lambda: os.write(fd, b"more")) == errno.EPERM  # noqa: B023
+        finally:
+            os.close(fd)
     fd = os.open(m.path / "new", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     for part in (b"one ", b"two ", b"three"):
         os.write(fd, part)
@@ -332,7 +371,7 @@ def test_o_append(mount_factory: Callable[..., Mount], s3: Any, bucket: str) -> 
     assert get(s3, bucket, "old") == b"old bytes"
     assert get(s3, bucket, "new") == b"one two three"
     assert get(s3, bucket, "log") == b"first\n"
-    assert len(log_lines(m, "open it with O_TRUNC")) == 3
+    assert len(log_lines(m, "would change the existing object")) == 3
 
 
 def test_o_direct(mount_factory: Callable[..., Mount], s3: Any, bucket: str,

@@ -20,13 +20,13 @@ from s3mount import checksum
 from s3mount.config import Config, MiB
 from s3mount.errors import IntegrityError
 from s3mount.etag import etag_is_md5
-from s3mount.inodes import Node
 from s3mount.store import Extra, ObjectInfo, S3Store, Sent, Started
 from s3mount.writer import Upload, Uploads
 from tests.conftest import get, keys, open_uploads
 from tests.faults import FaultyStore
 
 P = 5 * MiB
+KMS_LINE = r"^s3mount\.writer: bucket \S+ stores objects with aws:kms encryption, so their ETags"
 
 
 def local_composite(algo: checksum.Algorithm, data: bytes, part: int = P) -> str:
@@ -95,7 +95,7 @@ async def test_chosen_checksum_is_sent_and_verified(config: Config, s3: Any, buc
     algo = checksum.get(name)
     data = os.urandom(size)
     up = Uploads(replace(config, checksum=name), S3Store(config), nursery).start(
-        "f", Node(2, "f", "file"))
+        "f")
     await write_all(up, data)
     info = await up.complete()
     assert get(s3, bucket, "f") == data
@@ -104,6 +104,9 @@ async def test_chosen_checksum_is_sent_and_verified(config: Config, s3: Any, buc
     assert info.etag == s3.head_object(Bucket=bucket, Key="f")["ETag"].strip('"')
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.writer: (once|never): part \d+ came back with CRC32C AAAAAA==, expected",
+)
 async def test_corrupt_part_checksum_is_resent_then_fails(config: Config, s3: Any,
                                                           bucket: str,
                                                           nursery: trio.Nursery) -> None:
@@ -121,13 +124,13 @@ async def test_corrupt_part_checksum_is_resent_then_fails(config: Config, s3: An
     cfg = replace(config, checksum="crc32c")
     store = BadSums(S3Store(config))
     data = os.urandom(2 * P + 5)
-    up = Uploads(cfg, store, nursery).start("once", Node(2, "once", "file"))
+    up = Uploads(cfg, store, nursery).start("once")
     await write_all(up, data)
     await up.complete()  # one bad answer: the part is sent again and all is well
     assert get(s3, bucket, "once") == data
 
     store.bad = 100
-    up = Uploads(cfg, store, nursery).start("never", Node(3, "never", "file"))
+    up = Uploads(cfg, store, nursery).start("never")
     with pytest.raises(IntegrityError, match="CRC32C AAAAAA==, expected"):
         await write_all(up, data)
         await up.complete()
@@ -144,7 +147,7 @@ async def test_server_ignoring_checksums_fails_loudly(config: Config, s3: Any, b
             return dataclasses.replace(sent, checksum=None)
 
     up = Uploads(replace(config, checksum="sha256"), Ignores(S3Store(config)),
-                 nursery).start("f", Node(2, "f", "file"))
+                 nursery).start("f")
     await write_all(up, b"hello")
     with pytest.raises(IntegrityError, match="did not return the SHA256 checksum"):
         await up.complete()
@@ -159,7 +162,7 @@ async def test_stored_checksum_mismatch_removes_the_object(config: Config, s3: A
             return None if info is None else dataclasses.replace(info, checksum="AAAAAA==-3")
 
     up = Uploads(replace(config, checksum="crc32c"), WrongHead(S3Store(config)),
-                 nursery).start("f", Node(2, "f", "file"))
+                 nursery).start("f")
     await write_all(up, os.urandom(2 * P + 1))
     with pytest.raises(IntegrityError, match=r"stored CRC32C AAAAAA==-3, expected \S+-3"):
         await up.complete()
@@ -211,6 +214,7 @@ class KmsStore(FaultyStore):
         return dataclasses.replace(info, etag=self._etag() + "-9", encryption="aws:kms")
 
 
+@pytest.mark.expect_log(KMS_LINE)
 async def test_kms_bucket_multipart_verified_by_crc32c(config: Config, s3: Any, bucket: str,
                                                        nursery: trio.Nursery,
                                                        caplog: pytest.LogCaptureFixture
@@ -222,7 +226,7 @@ async def test_kms_bucket_multipart_verified_by_crc32c(config: Config, s3: Any, 
     blobs = {}
     for name in ("a", "b"):
         blobs[name] = os.urandom(2 * P + 3)
-        up = mgr.start(name, Node(2, name, "file"))
+        up = mgr.start(name)
         await write_all(up, blobs[name])
         await up.complete()
         assert get(s3, bucket, name) == blobs[name]
@@ -234,13 +238,14 @@ async def test_kms_bucket_multipart_verified_by_crc32c(config: Config, s3: Any, 
     assert len(said) == 1 and "aws:kms" in said[0] and "CRC32C" in said[0]
 
 
+@pytest.mark.expect_log(KMS_LINE)
 async def test_kms_bucket_single_put_sent_again_with_checksum(config: Config, s3: Any,
                                                               bucket: str,
                                                               nursery: trio.Nursery) -> None:
     store = KmsStore(S3Store(config))
     mgr = Uploads(config, store, nursery)
     for name in ("first", "second"):
-        up = mgr.start(name, Node(2, name, "file"))
+        up = mgr.start(name)
         await write_all(up, name.encode() * 100)
         info = await up.complete()
         assert get(s3, bucket, name) == name.encode() * 100
@@ -248,11 +253,12 @@ async def test_kms_bucket_single_put_sent_again_with_checksum(config: Config, s3
     assert store.puts == [None, "crc32c", "crc32c"]  # only the first had to be sent twice
 
 
+@pytest.mark.expect_log(KMS_LINE)
 async def test_kms_bucket_with_sha256_chosen(config: Config, s3: Any, bucket: str,
                                              nursery: trio.Nursery) -> None:
     store = KmsStore(S3Store(config))
     up = Uploads(replace(config, checksum="sha256"), store, nursery).start(
-        "f", Node(2, "f", "file"))
+        "f")
     data = os.urandom(P + 1)
     await write_all(up, data)
     await up.complete()

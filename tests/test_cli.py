@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from s3mount import __version__
-from s3mount.cli import split_bucket
 from s3mount.config import MiB
+from s3mount.options import split_bucket
 from tests.conftest import Mount, get, keys, put, s3mount_cmd
 from tests.seaweed import SeaweedServer
 

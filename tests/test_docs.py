@@ -14,7 +14,7 @@ def test_readme_part_size_table_matches_the_schedule() -> None:
 
 
 def test_readme_defaults_match_the_cli() -> None:
-    from s3mount.cli import mount_parser
+    from s3mount.options import mount_parser
 
     ns = mount_parser().parse_args(["b", "/m"])
     readme = (ROOT / "README.md").read_text()

@@ -18,7 +18,7 @@ from s3mount.config import Config
 from s3mount.errors import TransientError
 from s3mount.fs import S3Fs
 from s3mount.keys import KeyMap
-from s3mount.namespace import Namespace
+from s3mount.s3view import S3View
 from s3mount.store import S3Store
 from tests.conftest import get, keys, put
 from tests.faults import FaultyStore
@@ -72,6 +72,9 @@ async def test_negative_cache_expires(config: Config, s3: Any, bucket: str,
     assert (await fs.lookup(ROOT, b"late", CTX)).st_size == 3
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.fs: (mkdir|rmdir|unlink): 'd' .* \((EEXIST|ENOTEMPTY|EISDIR)\)$",
+)
 async def test_mkdir_rmdir_unlink(config: Config, s3: Any, bucket: str,
                                   nursery: trio.Nursery) -> None:
     fs = make_fs(config, nursery)
@@ -89,6 +92,7 @@ async def test_mkdir_rmdir_unlink(config: Config, s3: Any, bucket: str,
     assert await errno_of(fs.lookup(ROOT, b"d", CTX)) == errno.ENOENT
 
 
+@pytest.mark.expect_log(r"^s3mount\.fs: \w+: the mount is read-only \(EROFS\)$")
 async def test_read_only_refuses_every_change(config: Config, s3: Any, bucket: str,
                                               nursery: trio.Nursery) -> None:
     put(s3, bucket, "f", b"data")
@@ -122,6 +126,7 @@ async def test_create_write_flush_then_read(config: Config, s3: Any, bucket: str
     await fs.release(rinfo.fh)
 
 
+@pytest.mark.expect_log(r"^s3mount\.fs: lookup failed unexpectedly; returning EIO$")
 async def test_unexpected_exception_is_eio_and_mount_keeps_serving(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -139,7 +144,7 @@ async def test_unexpected_exception_is_eio_and_mount_keeps_serving(
 async def test_listing_pages_dedupes_and_hides(config: Config, s3: Any, bucket: str) -> None:
     for k in ["a", "a!", "a.txt", "a/x", "b/", "c", "sub/deep/f"]:
         put(s3, bucket, k, b"")
-    ns = Namespace(S3Store(config), KeyMap(), page_size=2)  # many pages, shadows across them
+    ns = S3View(S3Store(config), KeyMap(), page_size=2)  # many pages, shadows across them
     got = {name: e.kind async for name, e in ns.children("")}
     assert got == {"a": "dir", "a!": "file", "a.txt": "file", "b": "dir", "c": "file",
                    "sub": "dir"}
@@ -149,7 +154,7 @@ async def test_custom_dir_suffix(config: Config, s3: Any, bucket: str) -> None:
     put(s3, bucket, "d_$folder$", b"")
     put(s3, bucket, "d", b"shadowed file")
     put(s3, bucket, "e/f", b"1")
-    ns = Namespace(S3Store(config), KeyMap("", "_$folder$"), page_size=1)
+    ns = S3View(S3Store(config), KeyMap("", "_$folder$"), page_size=1)
     got = {name: e.kind async for name, e in ns.children("")}
     assert got == {"d": "dir", "e": "dir"}
     entry = await ns.stat("d")
@@ -184,6 +189,7 @@ def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
          "ResponseMetadata": {"HTTPStatusCode": status}}, "HeadObject")
 
 
+@pytest.mark.expect_log(r"^s3mount\.store: HEAD k: .*; retry \d+/5 in")
 async def test_store_retries_transient_then_succeeds(config: Config) -> None:
     failures: list[BaseException] = [client_error("SlowDown", 503),
                                       client_error("InternalError", 500),
@@ -209,6 +215,7 @@ async def test_store_gives_up_and_does_not_retry_permanent_errors(config: Config
     assert denied.calls == 1
 
 
+@pytest.mark.expect_log(r"^s3mount\.store: CREATE-UPLOAD k: ServiceUnavailable .*; retry \d+ in")
 async def test_uploads_retry_until_the_write_deadline_not_a_count(config: Config) -> None:
     """An upload request is retried past --retries for as long as --write-deadline allows
     (an outage only stalls the writer), then fails with a line that says how long."""
@@ -238,6 +245,7 @@ def test_invalid_key_components_are_hidden() -> None:
     assert km.child_name("", "p/" + "\u00e9" * 128) is None  # 256 bytes
 
 
+@pytest.mark.expect_log(r"^s3mount\.fs: unlink: 'w\.bin' is being written; .* \(EBUSY\)$")
 async def test_unlink_while_writing_is_busy(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery) -> None:
     fs = make_fs(config, nursery)
@@ -248,6 +256,7 @@ async def test_unlink_while_writing_is_busy(config: Config, s3: Any, bucket: str
     assert get(s3, bucket, "w.bin") == b"data"
 
 
+@pytest.mark.expect_log(r"^s3mount\.fs: (create|mkdir): key .* \(ENAMETOOLONG\)$")
 async def test_key_longer_than_s3_allows(config: Config, s3: Any, bucket: str,
                                          nursery: trio.Nursery) -> None:
     fs = make_fs(config, nursery)

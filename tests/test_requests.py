@@ -19,7 +19,6 @@ import trio
 from s3mount.config import Config
 from s3mount.errors import StoreError
 from s3mount.fs import S3Fs
-from s3mount.inodes import Node
 from s3mount.store import S3Store
 from tests.conftest import Mount, get, keys, put
 from tests.faultproxy import FaultProxy
@@ -62,13 +61,13 @@ async def test_single_put_is_verified_by_its_answer_without_a_head(
     no HEAD follows it. A multipart upload is still checked by a HEAD after completion."""
     store = CountingStore(S3Store(config))
     store.no_heads = True
-    up = uploads(config, nursery, store).start("small", Node(2, "small", "file"))
+    up = uploads(config, nursery, store).start("small")
     await write_all(up, b"four" * 1024)
     info = await up.complete()
     assert info.size == 4096 and get(s3, bucket, "small") == b"four" * 1024
     assert info.etag == s3.head_object(Bucket=bucket, Key="small")["ETag"].strip('"')
     store.no_heads = False
-    up = uploads(config, nursery, store).start("big", Node(3, "big", "file"))
+    up = uploads(config, nursery, store).start("big")
     await write_all(up, os.urandom(config.part_size + 1))
     await up.complete()
     assert store.heads == 1
@@ -112,7 +111,7 @@ async def test_listing_taken_while_this_mount_writes_is_not_kept(
     d = await fs.mkdir(ROOT, b"d", 0o755, CTX)
     info, _ = await fs.create(d.st_ino, b"f", 0o644, os.O_WRONLY, CTX)
     await fs.write(info.fh, 0, b"x")
-    fs.inodes.listings["d"].expires = 0  # the next lookup in d lists it again
+    fs.ns.inodes.listings["d"].expires = 0  # the next lookup in d lists it again
     real = store.inner.list_page
 
     async def list_then_finish_upload(*args: Any) -> Any:
@@ -123,8 +122,8 @@ async def test_listing_taken_while_this_mount_writes_is_not_kept(
     assert await errno_of(fs.lookup(d.st_ino, b"g", CTX)) == errno.ENOENT
     store.inner.list_page = real
     await fs.release(info.fh)
-    fs.inodes.forget(fs.inodes.by_path["d/f"].ino, 1)  # the kernel forgets it
-    assert "d/f" not in fs.inodes.by_path
+    fs.ns.inodes.forget(fs.ns.inodes.by_path["d/f"].ino, 1)  # the kernel forgets it
+    assert "d/f" not in fs.ns.inodes.by_path
     assert (await fs.lookup(d.st_ino, b"f", CTX)).st_size == 1
 
 

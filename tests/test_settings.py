@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from s3mount.cli import build_config, parse_mount_args
-from s3mount.config import MiB
+from s3mount.config import Config, MiB
 from s3mount.errors import QuietError
-from s3mount.settings import parse_mount_options, read_keyfile
+from s3mount.options import build_config, default, mount_parser, parse_mount_args
+from s3mount.settings import parse_mount_options, read_keyfile, settable
 from tests.conftest import get, put, s3mount_cmd
 from tests.seaweed import SeaweedServer
 
@@ -38,6 +38,19 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def config_for(argv: list[str]) -> Any:
     ns, sources = parse_mount_args(argv)
     return build_config(ns), sources
+
+
+def test_built_in_defaults_are_configs(clean_env: Path) -> None:
+    """With nothing set anywhere, a mount's Config is Config's own defaults, field by field."""
+    clean_env.write_text("")
+    c, src = config_for(["bk1", "/mnt"])
+    assert c == Config(bucket="bk1", mountpoint="/mnt")
+    assert set(src.values()) == {"built-in"}
+    parser = mount_parser()
+    for dest in settable(parser):
+        if dest != "prefix":  # None on the command line: "not given", as against s3://B/P/
+            assert parser.get_default(dest) == default(dest), dest
+    assert "(default 8M)" in parser.format_help() and Config.part_size == 8 * MiB
 
 
 def test_precedence_cli_env_section_defaults(clean_env: Path,

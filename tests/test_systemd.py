@@ -146,7 +146,7 @@ def test_instance_name_is_the_escaped_mount_point() -> None:
 
 
 def test_example_env_makes_a_command_line_s3mount_accepts() -> None:
-    from s3mount.cli import mount_parser
+    from s3mount.options import mount_parser
 
     env = env_file(UNITS / "example.env")
     assert set(env) == {"S3MOUNT_BUCKET", "S3MOUNT_OPTIONS"}  # credentials stay commented out

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from s3mount.admin import parse_age
+from s3mount.options import parse_age
 from tests.conftest import Mount, keys, kill_mount, open_uploads, s3mount_cmd
 from tests.seaweed import SeaweedServer
 

@@ -15,7 +15,6 @@ import trio
 from s3mount.config import Config, MiB
 from s3mount.errors import FsError, IntegrityError
 from s3mount.etag import stream_etag
-from s3mount.inodes import Node
 from s3mount.schedule import PartSchedule
 from s3mount.store import S3Store
 from s3mount.writer import Upload, Uploads, UploadState
@@ -50,7 +49,7 @@ async def test_sizes_round_trip_and_verify(config: Config, s3: Any, bucket: str,
                                            chunk: int) -> None:
     data = os.urandom(size)
     mgr = uploads(config, nursery)
-    up = mgr.start("f.bin", Node(2, "f.bin", "file"))
+    up = mgr.start("f.bin")
     await write_all(up, data, chunk)
     info = await up.complete()
     assert get(s3, bucket, "f.bin") == data
@@ -65,7 +64,7 @@ async def test_schedule_stage_crossing(config: Config, s3: Any, bucket: str,
                                        nursery: trio.Nursery) -> None:
     config = replace(config, part_growth_every=2, max_memory=40 * MiB)
     data = os.urandom(31 * MiB)  # parts 5, 5, 10, 10, 1 MiB
-    up = uploads(config, nursery).start("grow.bin", Node(2, "grow.bin", "file"))
+    up = uploads(config, nursery).start("grow.bin")
     await write_all(up, data)
     await up.complete()
     assert up.parts_started == 5
@@ -75,13 +74,14 @@ async def test_schedule_stage_crossing(config: Config, s3: Any, bucket: str,
     assert head_etag(s3, bucket, "grow.bin").endswith("-5")
 
 
+@pytest.mark.expect_log(r"^s3mount\.writer: c\.bin: part \d+ came back with ETag 0{32}, expected")
 async def test_corrupt_part_etag_is_resent(config: Config, s3: Any, bucket: str,
                                            nursery: trio.Nursery,
                                            caplog: pytest.LogCaptureFixture) -> None:
     store = FaultyStore(S3Store(config))
     store.corrupt_part_etags = 1
     data = os.urandom(2 * P + 7)
-    up = uploads(config, nursery, store).start("c.bin", Node(2, "c.bin", "file"))
+    up = uploads(config, nursery, store).start("c.bin")
     await write_all(up, data)
     with caplog.at_level(logging.WARNING):
         await up.complete()
@@ -92,6 +92,7 @@ async def test_corrupt_part_etag_is_resent(config: Config, s3: Any, bucket: str,
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "fail"])
+@pytest.mark.expect_log(r"^s3mount\.writer: bad\.bin: part \d+ came back with ETag 0{32}, expected")
 async def test_persistent_part_fault_fails_close_and_leaves_nothing(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery, fault: str) -> None:
     store = FaultyStore(S3Store(config))
@@ -99,7 +100,7 @@ async def test_persistent_part_fault_fails_close_and_leaves_nothing(
         store.corrupt_part_etags = 1000
     else:
         store.fail_parts = 1000
-    up = uploads(config, nursery, store).start("bad.bin", Node(2, "bad.bin", "file"))
+    up = uploads(config, nursery, store).start("bad.bin")
     with pytest.raises(FsError) as exc:
         await write_all(up, os.urandom(3 * P))
         await up.complete()
@@ -115,7 +116,7 @@ async def test_final_etag_mismatch_removes_object(config: Config, s3: Any, bucke
                                                   nursery: trio.Nursery) -> None:
     store = FaultyStore(S3Store(config))
     store.wrong_head_etag = True
-    up = uploads(config, nursery, store).start("v.bin", Node(2, "v.bin", "file"))
+    up = uploads(config, nursery, store).start("v.bin")
     await write_all(up, os.urandom(P + 1))
     with pytest.raises(IntegrityError, match="verification failed"):
         await up.complete()
@@ -126,7 +127,7 @@ async def test_failed_single_put_leaves_nothing(config: Config, s3: Any, bucket:
                                                 nursery: trio.Nursery) -> None:
     store = FaultyStore(S3Store(config))
     store.fail_puts = 1
-    up = uploads(config, nursery, store).start("s.bin", Node(2, "s.bin", "file"))
+    up = uploads(config, nursery, store).start("s.bin")
     await write_all(up, b"small")
     with pytest.raises(FsError):
         await up.complete()
@@ -135,7 +136,7 @@ async def test_failed_single_put_leaves_nothing(config: Config, s3: Any, bucket:
 
 async def test_rewrite_outside_the_window_aborts(config: Config, s3: Any, bucket: str,
                                                 nursery: trio.Nursery) -> None:
-    up = uploads(config, nursery).start("o.bin", Node(2, "o.bin", "file"))
+    up = uploads(config, nursery).start("o.bin")
     await write_all(up, os.urandom(3 * P + 10))  # part 1 held, 2 and 3 sent, 4 being filled
     assert open_uploads(s3, bucket) == ["o.bin"]
     with pytest.raises(FsError) as exc:
@@ -165,7 +166,7 @@ async def finish(up: Upload, s3: Any, bucket: str, want: bytes, config: Config) 
 async def test_rewrites_in_part_one_and_the_tail_are_applied(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
     data = bytearray(os.urandom(2 * P + 100))  # part 1 held, part 2 sent, part 3 filling
-    up = uploads(config, nursery).start("r.bin", Node(2, "r.bin", "file"))
+    up = uploads(config, nursery).start("r.bin")
     await write_all(up, bytes(data))
     patches = [(0, 32), (P - 16, 16), (2 * P, 8), (2 * P + 90, 20)]  # the last one extends
     for off, n in patches:
@@ -187,7 +188,7 @@ async def test_rewrites_in_part_one_and_the_tail_are_applied(
 async def test_window_edges(config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
                             off: int, n: int, ok: bool) -> None:
     data = bytearray(os.urandom(2 * P + 100))
-    up = uploads(config, nursery).start("e.bin", Node(2, "e.bin", "file"))
+    up = uploads(config, nursery).start("e.bin")
     await write_all(up, bytes(data))
     if not ok:
         with pytest.raises(FsError) as exc:
@@ -203,7 +204,7 @@ async def test_window_edges(config: Config, s3: Any, bucket: str, nursery: trio.
 async def test_patch_across_part_one_and_two_while_two_fills(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
     data = bytearray(os.urandom(P + 100))
-    up = uploads(config, nursery).start("x.bin", Node(2, "x.bin", "file"))
+    up = uploads(config, nursery).start("x.bin")
     await write_all(up, bytes(data))
     await up.write(P - 10, b"q" * 20)
     data[P - 10:P + 10] = b"q" * 20
@@ -219,9 +220,9 @@ async def test_holes_are_zeros_across_part_boundaries(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
         hole: tuple[int, int]) -> None:
     mgr = uploads(config, nursery)
-    up = mgr.start("h.bin", Node(3, "h.bin", "file"))  # keeps freed buffers from the trim
+    up = mgr.start("h.bin")  # keeps freed buffers from the trim
     # An upload of random bytes first: its freed buffers are reused for the holes below.
-    first = mgr.start("noise.bin", Node(2, "noise.bin", "file"))
+    first = mgr.start("noise.bin")
     await write_all(first, os.urandom(4 * P))
     await first.complete()
     assert mgr.budget.kept_bytes > 0
@@ -236,7 +237,7 @@ async def test_holes_are_zeros_across_part_boundaries(
 
 async def test_a_hole_that_ends_part_one_exactly_is_one_put(
         config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
-    up = uploads(config, nursery).start("p.bin", Node(2, "p.bin", "file"))
+    up = uploads(config, nursery).start("p.bin")
     await up.write(P - 1, b"!")
     await finish(up, s3, bucket, bytes(P - 1) + b"!", config)
     assert "-" not in head_etag(s3, bucket, "p.bin")
@@ -245,15 +246,15 @@ async def test_a_hole_that_ends_part_one_exactly_is_one_put(
 async def test_truncate_up_promises_zeros_at_close(config: Config, s3: Any, bucket: str,
                                                    nursery: trio.Nursery) -> None:
     mgr = uploads(config, nursery)
-    up = mgr.start("t.bin", Node(2, "t.bin", "file"))
+    up = mgr.start("t.bin")
     await up.truncate(2 * P + 3)  # truncate -s, then sequential writes from 0
-    assert up.size == 2 * P + 3 and up.bytes_written == 0
+    assert up.bytes_written == 2 * P + 3 and up.end == 0
     head = os.urandom(P + 5)
     await write_all(up, head)
-    assert up.size == 2 * P + 3
+    assert up.bytes_written == 2 * P + 3
     await finish(up, s3, bucket, head + bytes(P - 2), config)
     # written past the promise: the writes decide the size
-    up = mgr.start("u.bin", Node(3, "u.bin", "file"))
+    up = mgr.start("u.bin")
     await up.truncate(10)
     await up.write(0, b"a" * 20)
     await finish(up, s3, bucket, b"a" * 20, config)
@@ -263,14 +264,14 @@ async def test_truncate_down_within_the_window(config: Config, s3: Any, bucket: 
                                                nursery: trio.Nursery) -> None:
     mgr = uploads(config, nursery)
     data = os.urandom(P + 100)  # part 2 started, the multipart upload with it
-    up = mgr.start("d.bin", Node(2, "d.bin", "file"))
+    up = mgr.start("d.bin")
     await write_all(up, data)
     assert open_uploads(s3, bucket) == ["d.bin"]
     await up.truncate(1000)  # back into part 1: one PUT, the multipart upload aborted
     await up.write(1000, b"end")
     await finish(up, s3, bucket, data[:1000] + b"end", config)
     assert "-" not in head_etag(s3, bucket, "d.bin")
-    up = mgr.start("e.bin", Node(3, "e.bin", "file"))
+    up = mgr.start("e.bin")
     data = os.urandom(2 * P + 100)
     await write_all(up, data)
     await up.truncate(2 * P + 50)  # within the part being filled
@@ -279,7 +280,7 @@ async def test_truncate_down_within_the_window(config: Config, s3: Any, bucket: 
 
 async def test_truncate_down_outside_the_window_aborts(config: Config, s3: Any, bucket: str,
                                                        nursery: trio.Nursery) -> None:
-    up = uploads(config, nursery).start("o.bin", Node(2, "o.bin", "file"))
+    up = uploads(config, nursery).start("o.bin")
     await write_all(up, os.urandom(2 * P + 100))
     with pytest.raises(FsError) as exc:
         await up.truncate(P + 1)  # part 2 was sent
@@ -297,12 +298,12 @@ async def test_part_one_is_sent_early_when_the_budget_has_no_room(
     config = replace(config, max_memory=P)
     mgr = uploads(config, nursery)
     data = os.urandom(3 * P + 1)
-    up = mgr.start("s.bin", Node(2, "s.bin", "file"))
+    up = mgr.start("s.bin")
     with trio.fail_after(30):
         await write_all(up, data)
     await finish(up, s3, bucket, data, config)
     assert mgr.budget.peak <= P
-    up = mgr.start("t.bin", Node(3, "t.bin", "file"))
+    up = mgr.start("t.bin")
     await write_all(up, data)
     with pytest.raises(FsError, match="part 1 was already sent: --max-memory was full"):
         await up.write(0, b"header")
@@ -311,16 +312,16 @@ async def test_part_one_is_sent_early_when_the_budget_has_no_room(
 async def test_start_empty_then_truncate_to_zero(config: Config, s3: Any, bucket: str,
                                                  nursery: trio.Nursery) -> None:
     """ftruncate(0) before the first write changes nothing: the upload starts empty."""
-    up = uploads(config, nursery).start("z.bin", Node(2, "z.bin", "file"))
+    up = uploads(config, nursery).start("z.bin")
     await up.truncate(0)
-    assert up.size == 0
+    assert up.bytes_written == 0
     await up.write(0, b"new")
     await finish(up, s3, bucket, b"new", config)
 
 
 async def test_write_after_complete_is_refused(config: Config, nursery: trio.Nursery,
                                                bucket: str) -> None:
-    up = uploads(config, nursery).start("w.bin", Node(2, "w.bin", "file"))
+    up = uploads(config, nursery).start("w.bin")
     await up.write(0, b"abc")
     await up.complete()
     with pytest.raises(FsError) as exc:
@@ -337,7 +338,7 @@ async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucke
     payloads = {f"c{i}.bin": os.urandom(2 * P + i * 1000) for i in range(16)}
 
     async def one(key: str, data: bytes) -> None:
-        up = mgr.start(key, Node(2, key, "file"))
+        up = mgr.start(key)
         await write_all(up, data)
         await up.complete()
 
@@ -351,13 +352,16 @@ async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucke
     assert sorted(keys(s3, bucket)) == sorted(payloads)
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.writer: slow\.bin: upload aborted: aborted: SIGTERM received twice$",
+)
 async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, bucket: str,
                                                      nursery: trio.Nursery) -> None:
     """A second SIGTERM: uploads still completing (closed, parts in flight) are aborted."""
     store = FaultyStore(S3Store(config))
     store.part_delay = 1.0
     mgr = uploads(config, nursery, store)
-    up = mgr.start("slow.bin", Node(2, "slow.bin", "file"))
+    up = mgr.start("slow.bin")
     await write_all(up, os.urandom(2 * P + 1))
     outcome: list[BaseException | None] = []
 
@@ -379,12 +383,15 @@ async def test_abort_all_stops_completing_uploads_too(config: Config, s3: Any, b
     assert mgr.failed == 1 and mgr.completed == 0
 
 
+@pytest.mark.expect_log(
+    r"^s3mount\.writer: open\.bin: upload aborted: the file was still open when the mount stopped$",
+)
 async def test_shutdown_aborts_open_uploads(config: Config, s3: Any, bucket: str,
                                             nursery: trio.Nursery) -> None:
     mgr = uploads(config, nursery)
-    up = mgr.start("open.bin", Node(2, "open.bin", "file"))
+    up = mgr.start("open.bin")
     await write_all(up, os.urandom(P + 1))
-    done = mgr.start("done.bin", Node(3, "done.bin", "file"))
+    done = mgr.start("done.bin")
     await done.write(0, b"ok")
     await done.complete()
     await mgr.shutdown()

@@ -4,9 +4,12 @@ A part buffer is an anonymous mapping, so only the bytes written are resident. A
 is paid for from the `WriteBudget` (`--max-memory`) before its first byte is written, so a
 writer that has started a part can always finish it: parts get full, get uploaded, and give
 their bytes back. `acquire` waits when the budget is spent, which is the writers'
-backpressure. If the budget is held by parts of files that are open but idle (nothing being
-uploaded, no byte written anywhere for a grace period), nothing would ever free room:
-`acquire` then fails with `ENOBUFS` rather than hang. Freed buffers are kept for the next
+backpressure. A writer may hold a part it is not filling (part 1, kept until close so that it
+can be patched): when that writer waits for room that nothing being uploaded will free, its
+`spare` callback sends such a part now, and its bytes come back. If the budget is held by
+parts of files that are open but idle (nothing being uploaded, no byte written anywhere for a
+grace period), nothing would ever free room: `acquire` then fails with `ENOBUFS` rather than
+hang. Freed buffers are kept for the next
 part (a fresh mapping costs a page fault per 4 KiB: 0.9 s of CPU per GiB written, measured,
 against 0.04 s for a reused one) as long as buffers in use plus kept stay within the budget;
 `trim` drops the kept ones when no upload is active.
@@ -22,6 +25,7 @@ import errno
 import io
 import logging
 import mmap
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -101,12 +105,16 @@ class WriteBudget:
         self._lot = trio.lowlevel.ParkingLot()
         self.kept = KeptBuffers()
 
-    async def acquire(self, n: int, who: str = "") -> int:
+    async def acquire(self, n: int, who: str = "",
+                      spare: Callable[[], bool] | None = None) -> int:
         """Take `n` bytes (at most the whole budget); returns what was taken, to give back
-        with `release`. Raises `FsError(ENOBUFS)` when no room comes within the grace period
-        while nothing is being uploaded."""
+        with `release`. While no room comes and nothing is being uploaded, `spare()` may start
+        uploading a part the caller holds (True if it did). Raises `FsError(ENOBUFS)` when no
+        room comes within the grace period while nothing is being uploaded."""
         n = min(n, self.capacity)
         while self.used + n > self.capacity:
+            if not self.in_flight and spare is not None and spare():
+                continue  # its bytes come back once it is uploaded
             written = self.written
             with trio.move_on_after(self.stall_grace) as waited:
                 await self._lot.park()
@@ -188,11 +196,17 @@ class PartBody(io.RawIOBase):
         return data
 
 
-class Part:
-    """One part buffer, paid for (`taken`) from the budget before it was made."""
+ZEROS = memoryview(bytes(1024 * 1024))  # copied into part buffers for holes, a slice at a time
 
-    def __init__(self, number: int, size: int, taken: int, budget: WriteBudget) -> None:
+
+class Part:
+    """One part buffer, paid for (`taken`) from the budget before it was made; its first
+    byte is byte `start` of the stream. Bytes past `fill` may be a previous part's."""
+
+    def __init__(self, number: int, size: int, taken: int, budget: WriteBudget,
+                 start: int = 0) -> None:
         self.number = number
+        self.start = start
         self.mem = budget.buffer(size)
         self.fill = 0
         self.taken = taken
@@ -201,6 +215,39 @@ class Part:
     @property
     def full(self) -> bool:
         return self.fill == len(self.mem)
+
+    @property
+    def room(self) -> int:
+        return len(self.mem) - self.fill
+
+    @property
+    def end(self) -> int:
+        """Offset in the stream just past the bytes filled."""
+        return self.start + self.fill
+
+    def put(self, view: memoryview) -> int:
+        """Append as much of `view` as fits; returns how many bytes."""
+        n = min(len(view), self.room)
+        self.mem[self.fill:self.fill + n] = view[:n]
+        self.fill += n
+        return n
+
+    def put_zeros(self, n: int) -> int:
+        """Append up to `n` zero bytes (as many as fit), written explicitly: a reused buffer
+        holds old bytes. No allocation: slices of one shared block of zeros."""
+        n = min(n, self.room)
+        end = self.fill + n
+        while self.fill < end:
+            k = min(end - self.fill, len(ZEROS))
+            self.mem[self.fill:self.fill + k] = ZEROS[:k]
+            self.fill += k
+        return n
+
+    def patch(self, off: int, view: memoryview) -> None:
+        """Overwrite filled bytes from stream offset `off` (all within `start`..`end`)."""
+        at = off - self.start
+        assert at >= 0 and at + len(view) <= self.fill
+        self.mem[at:at + len(view)] = view
 
     def view(self) -> memoryview:
         return memoryview(self.mem)[: self.fill]

@@ -126,7 +126,10 @@ class S3Fs(pyfuse3.Operations):
         node = await self.ns.getattr(inode)
         if fields.update_size:
             h = self.handles.get(fh) if fh is not None else None
-            if isinstance(h, WriteHandle):
+            if (isinstance(h, WriteHandle) and h.upload is not None
+                    and h.upload.state is UploadState.OPEN):
+                await h.upload.truncate(attr.st_size)  # holes, size promises, cuts in memory
+            elif isinstance(h, WriteHandle):
                 h.upload = await self.ns.truncate(node, attr.st_size, h.upload, handle=True)
             else:
                 await self.ns.truncate(node, attr.st_size, None, handle=False)
@@ -307,7 +310,9 @@ class S3Fs(pyfuse3.Operations):
     @_fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         h = self.handles.get(fh)
-        if isinstance(h, WriteHandle) and h.upload is not None:
+        # with no byte written it is a no-op: ddrescue and aria2c fsync before writing
+        if isinstance(h, WriteHandle) and h.upload is not None and (
+                h.upload.end or h.upload.state is not UploadState.OPEN):
             await self.ns.finish_write(h.node, h.upload)
 
     @_fuse_errors

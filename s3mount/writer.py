@@ -1,14 +1,22 @@
-"""Streaming uploads: sequential writes become a verified multipart upload in bounded memory.
+"""Streaming uploads: writes become a verified multipart upload in bounded memory.
 
 Bytes go into the current part buffer (`buffers.py`: an anonymous mmap, reused when freed).
-A full buffer is shipped when the next byte arrives: hashed in a worker thread, uploaded with
-Content-MD5 in the background, its returned ETag compared with the MD5 (re-sent on mismatch).
-A stream that ends inside its first part becomes one PutObject instead. Buffers are paid for
-from a global `WriteBudget`; when it is spent, `write()` waits for an upload to finish
-(backpressure). Completing a multipart upload checks the object's ETag (HEAD) against the
-locally built one; a PutObject is checked by its answer (its ETag is the MD5 the server
-computed of what it stored). Any failure aborts the upload, removes an object that failed
-verification, and is raised from `complete()` so that `close()` returns it.
+A write past the end (a hole) first fills the gap with zeros through the same buffers; an
+`ftruncate` past the end promises zeros up to that size, added at close. A full buffer is
+shipped when the next byte arrives: hashed in a worker thread, uploaded with Content-MD5 in
+the background, its returned ETag compared with the MD5 (re-sent on mismatch). Part 1 is the
+exception: it stays in memory until close and is sent last (S3 takes parts in any order), so
+that a program can patch a header anywhere in it. Writes at earlier offsets are applied while
+their bytes are in memory (part 1, and the part being filled); anywhere else they fail with
+EINVAL and abort the upload. A stream that ends inside its first part becomes one PutObject.
+
+Buffers are paid for from a global `WriteBudget`; when it is spent, `write()` waits for an
+upload to finish (backpressure). A writer that waits while nothing is uploading sends its
+part 1 early rather than hold it (it can no longer be patched then). Completing a multipart
+upload checks the object's ETag (HEAD) against the locally built one; a PutObject is checked
+by its answer (its ETag is the MD5 the server computed of what it stored). Any failure aborts
+the upload, removes an object that failed verification, and is raised from `complete()` so
+that `close()` returns it.
 
 Where the bucket encrypts with SSE-KMS or SSE-C, ETags are not MD5s; the first answer that
 says so switches the mount to an additional checksum (`checksum.py`, CRC32C unless
@@ -22,7 +30,8 @@ import errno
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import trio
 
@@ -31,28 +40,28 @@ from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
 from .config import Config
 from .errors import FsError, IntegrityError, StoreError
-from .etag import etag_is_md5, multipart_etag
+from .etag import MultipartETag, etag_is_md5
 from .schedule import PartSchedule
 from .store import Extra, ObjectInfo, Sent, Store
 
 log = logging.getLogger(__name__)
 PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
+T = TypeVar("T")
 
 
 class UploadState(enum.Enum):
-    OPEN = "open"  # taking writes
-    COMPLETING = "completing"  # closed: the last parts, completion and verification run
-    DONE = "done"  # complete and verified
-    FAILED = "failed"  # aborted; `error` says why
+    OPEN = "open"  # takes writes
+    COMPLETING = "completing"  # closed (flush, fsync or release): parts finishing
+    DONE = "done"  # the object is complete and verified
+    FAILED = "failed"  # aborted; `Upload.error` says why
 
 
-class _NeedRoom(Exception):
-    pass
-
-
-def _hashes(view: memoryview, algo: Algorithm | None) -> tuple[bytes, Extra | None]:
-    """MD5 of the bytes, and the additional checksum when one is used (in a worker thread)."""
-    return hashlib.md5(view).digest(), None if algo is None else (algo, algo.part(view))
+def _hashes(view: memoryview, algo: Algorithm | None,
+            md5: bytes | None = None) -> tuple[bytes, Extra | None]:
+    """MD5 of the bytes (unless known), and the additional checksum when one is used (in a
+    worker thread)."""
+    digest = md5 if md5 is not None else hashlib.md5(view).digest()
+    return digest, None if algo is None else (algo, algo.part(view))
 
 
 class Upload:
@@ -60,12 +69,14 @@ class Upload:
 
     def __init__(self, mgr: Uploads, key: str) -> None:
         self.mgr, self.store, self.key = mgr, mgr.store, key
-        self.bytes_written = 0
+        self.end = 0  # end of the stream: bytes written, holes included
+        self.promised = 0  # a size set by ftruncate past the end: zeros up to it at close
         self.bytes_uploaded = 0  # in parts whose ETag matched
         self.started = time.monotonic()
-        self.part: Part | None = None
+        self.first: Part | None = None  # part 1 while it is held in memory
+        self.part: Part | None = None  # the part being filled (part 1 at first)
         self.parts_started = 0
-        self.digests: dict[int, bytes] = {}
+        self.etag = MultipartETag()
         self.etags: dict[int, str] = {}
         self.checksums: dict[int, Extra] = {}
         self.algo: Algorithm | None = None  # additional checksum of this upload, if any
@@ -79,6 +90,12 @@ class Upload:
         self.settled = trio.lowlevel.ParkingLot()  # woken when a part task ends
         self.done = trio.Event()
 
+    @property
+    def bytes_written(self) -> int:
+        """The file's size as stat shows it: the bytes written (holes included), or the size
+        set by ftruncate if that is larger (its zeros are added at close)."""
+        return max(self.end, self.promised)
+
     # -- writing ----------------------------------------------------------------------------
 
     async def write(self, off: int, data: bytes) -> int:
@@ -86,42 +103,104 @@ class Upload:
             if self.error is not None and self.state is UploadState.OPEN:
                 await self._fail(self.error)  # a part failed in the background
             self._check_open()
-            if off != self.bytes_written:
-                err = FsError(
-                    f"{self.key}: write at offset {off} but {self.bytes_written} bytes were "
-                    "written so far; only sequential writes are supported, upload aborted",
-                    errno.EINVAL)
-                await self._fail(err)
-                raise err
-            try:
-                self._copy_in(memoryview(data))
-                return len(data)
-            except _NeedRoom:
-                pass
             view = memoryview(data)
+            part = self.part
+            if off == self.end and part is not None and len(view) <= part.room:
+                self._advance(part.put(view))  # fast path: it fits in the current buffer
+                return len(data)
             try:
-                while view:
-                    part = await self._room()
-                    view = view[self._fill(part, view):]
+                if off < self.end:
+                    n = min(len(view), self.end - off)
+                    self._patch(off, view[:n])
+                    off, view = off + n, view[n:]
+                if view and off > self.end:
+                    await self._append_zeros(off - self.end)
+                await self._append(view)
             except FsError as exc:
                 await self._fail(exc)
                 raise
             return len(data)
 
-    def _copy_in(self, view: memoryview) -> None:
-        """Fast path: the whole write fits in the current buffer."""
-        part = self.part
-        if part is None or len(part.mem) - part.fill < len(view) or not view:
-            raise _NeedRoom
-        self._fill(part, view)
+    async def truncate(self, size: int) -> None:
+        """ftruncate: past the end, zeros up to `size` at close (unless written before then);
+        below it, only bytes still in memory can be cut (else the upload is aborted)."""
+        async with self.lock:
+            if size == self.bytes_written:
+                return
+            self._check_open()
+            if size >= self.end:
+                self.promised = size
+                return
+            try:
+                self._cut(size)
+            except FsError as exc:
+                await self._fail(exc)
+                raise
 
-    def _fill(self, part: Part, view: memoryview) -> int:
-        n = min(len(view), len(part.mem) - part.fill)
-        part.mem[part.fill:part.fill + n] = view[:n]
-        part.fill += n
-        self.bytes_written += n
+    def _advance(self, n: int) -> None:
+        self.end += n
         self.mgr.budget.written += n
-        return n
+
+    async def _append(self, view: memoryview) -> None:
+        while view:
+            part = await self._room()
+            n = part.put(view)
+            self._advance(n)
+            view = view[n:]
+
+    async def _append_zeros(self, n: int) -> None:
+        """A hole: zeros through the part buffers, like written bytes."""
+        while n:
+            part = await self._room()
+            k = part.put_zeros(n)
+            self._advance(k)
+            n -= k
+
+    def _patch(self, off: int, view: memoryview) -> None:
+        """Apply a write below the end to the parts in memory, or refuse it (EINVAL)."""
+        parts = self._held()
+        spans = [(p, max(off, p.start), min(off + len(view), p.end)) for p in parts]
+        spans = [(p, lo, hi) for p, lo, hi in spans if lo < hi]
+        if sum(hi - lo for _, lo, hi in spans) != len(view):
+            raise FsError(
+                f"{self.key}: write of {len(view)} bytes at offset {off} is outside the "
+                f"rewrite window ({self._window()}; {self.end} bytes written): "
+                "bytes written earlier can be changed only while they are in memory "
+                "(part 1 until close, and the part being filled); upload aborted",
+                errno.EINVAL)
+        for p, lo, hi in spans:
+            p.patch(lo, view[lo - off:hi - off])
+
+    def _held(self) -> list[Part]:
+        """The parts in memory that hold written bytes: part 1 and the part being filled."""
+        parts = [self.first] if self.first is not None else []
+        if self.part is not None and self.part is not self.first:
+            parts.append(self.part)
+        return parts
+
+    def _window(self) -> str:
+        spans = [f"bytes {p.start}-{p.end} (part {p.number})" for p in self._held()]
+        if self.first is None and self.parts_started > 1:
+            spans.insert(0, "part 1 was already sent: --max-memory was full")
+        return "rewritable now: " + (", ".join(spans) or "nothing")
+
+    def _cut(self, size: int) -> None:
+        """Shrink the stream to `size` bytes, all of whose bytes past it are in memory."""
+        part = self.part
+        assert part is not None  # something was written: size < end
+        low = 0 if self.first is not None and part.number <= 2 else part.start
+        if size < low:
+            raise FsError(
+                f"{self.key}: truncate to {size} bytes is not supported: bytes from {low} "
+                f"on were already sent ({self._window()}; {self.end} bytes "
+                "written); upload aborted", errno.EOPNOTSUPP)
+        if size < part.start:  # back into part 1: part 2 goes
+            assert self.first is not None
+            part.free(self.mgr.budget)
+            self.part = part = self.first
+            self.parts_started = 1
+        part.fill = size - part.start
+        self.end = self.promised = size
 
     def _check_open(self) -> None:
         if self.error is not None:
@@ -132,41 +211,75 @@ class Upload:
                           "fsync); reopen the file with O_TRUNC to write it again", errno.EBADF)
 
     async def _room(self) -> Part:
-        """The current part buffer with room in it; ships a full one first."""
+        """The current part buffer with room in it; ships a full one first (part 1 is
+        kept, and the multipart upload starts: the stream is longer than one part)."""
         part = self.part
         if part is not None and not part.full:
             return part
         if part is not None:
-            await self._ship(part)
+            self.part = None
+            if part is not self.first:
+                self._ship(part)
+            elif self.upload_id is None:
+                await self._create()
         number = self.parts_started + 1
         size = self.mgr.schedule.size_of(number)
         if size > self.mgr.budget.capacity and number > 1 and self.mgr.schedule.size_of(
                 number - 1) <= self.mgr.budget.capacity:
             log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
                         "holds one part at a time", self.key, number, size >> 20)
-        taken = await self.mgr.budget.acquire(size, self.key)
-        self.part = Part(number, size, taken, self.mgr.budget)
+        taken = await self.mgr.budget.acquire(size, self.key, spare=self._spare_first)
+        if self.state is UploadState.FAILED:  # aborted while it waited (a second SIGTERM)
+            self.mgr.budget.release(taken)
+            assert self.error is not None
+            raise self.error
+        start = self.mgr.schedule.capacity(number - 1)
+        self.part = Part(number, size, taken, self.mgr.budget, start)
+        if number == 1:
+            self.first = self.part
         self.parts_started = number
         return self.part
 
-    async def _ship(self, part: Part) -> None:
+    def _spare_first(self) -> bool:
+        """The budget is full and nothing uploads: send part 1 now rather than wait for
+        room that would never come (it can no longer be patched)."""
+        first = self.first
+        if first is None or first is self.part or self.upload_id is None:
+            return False
+        log.debug("%s: --max-memory is full, so part 1 is sent now, not at close", self.key)
+        self.first = None
+        self._ship(first)
+        return True
+
+    def _ship(self, part: Part) -> None:
         """Start uploading a full part in the background."""
-        upload_id = self.upload_id or await self._create()
-        self.part = None
+        assert self.upload_id is not None
         part.ship(self.mgr.budget)
         self.inflight += 1
-        self.mgr.nursery.start_soon(self._send_part, part, upload_id)
+        self.mgr.nursery.start_soon(self._send_part, part, self.upload_id)
+
+    async def _declared(self, send: Callable[[Algorithm | None], Awaitable[T]],
+                        encryption: Callable[[T], str | None],
+                        undo: Callable[[T], Awaitable[object]] | None = None) -> T:
+        """`send(algo)` with the mount's additional checksum, if any. If S3's answer says
+        the bucket encrypts so that ETags are no MD5s, and no checksum was declared, nothing
+        could verify it: undo it and send it again with one."""
+        algo = self.mgr.algorithm()
+        answer = await send(algo)
+        self.md5_etags = self.mgr.learn(encryption(answer))
+        if not self.md5_etags and algo is None:
+            if undo is not None:
+                await undo(answer)
+            algo = self.mgr.algorithm()
+            answer = await send(algo)
+        self.algo = algo
+        return answer
 
     async def _create(self) -> str:
-        algo = self.mgr.algorithm()
-        started = await self.store.create_upload(self.key, algo)
-        self.md5_etags = self.mgr.learn(started.encryption)
-        if not self.md5_etags and algo is None:
-            # No ETag can verify it and no checksum was declared: start again with one.
-            await self.store.abort_upload(self.key, started.upload_id)
-            algo = self.mgr.algorithm()
-            started = await self.store.create_upload(self.key, algo)
-        self.algo, self.upload_id = algo, started.upload_id
+        started = await self._declared(
+            lambda algo: self.store.create_upload(self.key, algo), lambda s: s.encryption,
+            lambda s: self.store.abort_upload(self.key, s.upload_id))
+        self.upload_id = started.upload_id
         log.debug("%s: multipart upload %s started", self.key, self.upload_id)
         return started.upload_id
 
@@ -179,7 +292,7 @@ class Upload:
                 with part.view() as view:
                     digest, extra = await trio.to_thread.run_sync(
                         _hashes, view, self.algo, limiter=self.mgr.hashers)
-                    self.digests[part.number] = digest
+                    self.etag.add_part(part.number, digest)
                     etag = await self._send_verified(part, upload_id, view, digest, extra)
                 self.etags[part.number] = etag
                 if extra is not None:
@@ -256,60 +369,65 @@ class Upload:
             self.mgr.forget(self)
 
     async def _finish(self) -> ObjectInfo:
-        if self.upload_id is None:
-            return await self._put_single()
-        if self.part is not None and self.part.fill:
-            await self._ship(self.part)
-        elif self.part is not None:  # paid for, never written to
-            self.part.free(self.mgr.budget)
+        if self.promised > self.end:
+            await self._append_zeros(self.promised - self.end)
+        part = self.part
+        if part is not None and part is not self.first and not part.fill:
+            part.free(self.mgr.budget)  # emptied by a truncate
             self.part = None
+            self.parts_started -= 1
+        if self.parts_started == 0 or self.parts_started == 1 and self.first is not None:
+            return await self._put_single()
+        for held in reversed(self._held()):  # the last part, then part 1
+            self._ship(held)
+        self.part = self.first = None
         while self.inflight:
             await self.settled.park()
         if self.error is not None:
             raise self.error
         numbers = sorted(self.etags)
-        expected = multipart_etag([self.digests[n] for n in numbers])
         summed = None
         if self.algo is not None:
             summed = self.algo.composite([self.checksums[n][1] for n in numbers])
+        assert self.upload_id is not None
         await self.store.complete_upload(
             self.key, self.upload_id,
             [(n, self.etags[n], self.checksums.get(n)) for n in numbers])
         self.upload_id = None  # completed: nothing left to abort
-        return await self._verify(expected if self.md5_etags else None, summed)
+        return await self._verify(self.etag.value() if self.md5_etags else None, summed)
 
     async def _put_single(self) -> ObjectInfo:
         """One PutObject, verified by its answer: S3 checked the body against Content-MD5 (and
         the additional checksum), and answers with the stored object's ETag (and checksum),
         which must equal the local ones. A HEAD afterwards would return that same ETag: one
         more round trip per small file (cp -r: 14 -> 10 ms a file), no more proof."""
-        part = self.part
-        self.algo = self.mgr.algorithm()
+        if self.upload_id is not None:  # started, then truncated back into part 1
+            upload_id, self.upload_id = self.upload_id, None
+            await self.store.abort_upload(self.key, upload_id)
+        part, self.part, self.first = self.first, None, None
         if part is not None:
             part.ship(self.mgr.budget)
+        md5: list[bytes] = []
         try:
             with part.view() if part is not None else memoryview(b"") as view:
-                digest, extra = await trio.to_thread.run_sync(
-                    _hashes, view, self.algo, limiter=self.mgr.hashers)
-                async with self.mgr.part_slots:
-                    sent = await self.store.put(self.key, PartBody(view) if part else b"",
-                                                digest, extra)
-                    self.md5_etags = self.mgr.learn(sent.encryption)
-                    if not self.md5_etags and extra is None:
-                        # Its ETag proves nothing: send it again with a checksum that does.
-                        self.algo = self.mgr.algorithm()
-                        digest, extra = await trio.to_thread.run_sync(
-                            _hashes, view, self.algo, limiter=self.mgr.hashers)
-                        sent = await self.store.put(
-                            self.key, PartBody(view) if part else b"", digest, extra)
+
+                async def send(algo: Algorithm | None) -> tuple[Sent, bytes, Extra | None]:
+                    digest, extra = await trio.to_thread.run_sync(
+                        _hashes, view, algo, md5[0] if md5 else None,
+                        limiter=self.mgr.hashers)
+                    md5[:] = [digest]
+                    async with self.mgr.part_slots:
+                        body = PartBody(view) if part is not None else b""
+                        return await self.store.put(self.key, body, digest, extra), digest, extra
+
+                sent, digest, extra = await self._declared(send, lambda a: a[0].encryption)
         finally:
             if part is not None:
-                self.part = None
                 part.free(self.mgr.budget)
-        self.bytes_uploaded = self.bytes_written
+        self.bytes_uploaded = self.end
         if problem := self._check_sent("the PUT", sent, digest, extra):
             await self._remove_bad_object(f"the PUT {problem}")
-        return ObjectInfo(self.key, self.bytes_written, time.time(), sent.etag,
+        return ObjectInfo(self.key, self.end, time.time(), sent.etag,
                           sent.checksum, sent.encryption)
 
     async def _verify(self, etag: str | None, summed: str | None) -> ObjectInfo:
@@ -319,8 +437,8 @@ class Upload:
         if info is None:
             raise IntegrityError(f"{self.key}: the object is missing right after its upload")
         wrong = []
-        if info.size != self.bytes_written:
-            wrong.append(f"size {info.size}, expected {self.bytes_written}")
+        if info.size != self.end:
+            wrong.append(f"size {info.size}, expected {self.end}")
         if etag is not None and info.etag != etag:
             wrong.append(f"ETag {info.etag}, expected {etag}")
         if summed is not None and info.checksum != summed:
@@ -342,9 +460,9 @@ class Upload:
         """Record the failure, abort the multipart upload, free the buffers."""
         self.error = self.error or exc
         self.state = UploadState.FAILED
-        if self.part is not None:
-            self.part.free(self.mgr.budget)
-            self.part = None
+        for part in self._held():
+            part.free(self.mgr.budget)
+        self.part = self.first = None
         while self.inflight:  # parts not yet sent are skipped; a part sent after the abort
             await self.settled.park()  # would keep storage alive
         if self.upload_id is not None:

@@ -65,6 +65,36 @@ async def test_budget_held_by_idle_files_fails_with_enobufs_not_a_hang() -> None
         p.free(budget)
 
 
+async def test_a_held_part_is_spared_when_nothing_else_would_free_room() -> None:
+    """A writer holding its part 1 waits for room while nothing uploads: `spare` sends that
+    part, and room comes back when its upload ends, instead of ENOBUFS."""
+    budget = WriteBudget(4 * MiB, stall_grace=0.2)
+    held = await paid_part(budget, 1, 2 * MiB)
+    other = await paid_part(budget, 2, 2 * MiB)
+    other.ship(budget)
+    calls: list[bool] = []
+
+    def spare() -> bool:
+        calls.append(budget.in_flight == 0)
+        held.ship(budget)
+        return True
+
+    async def upload_ends(part: Part) -> None:
+        await trio.sleep(0.05)
+        part.free(budget)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(upload_ends, other)  # room from another upload: no spare needed
+        with trio.fail_after(5):
+            assert await budget.acquire(2 * MiB, "f", spare=spare) == 2 * MiB
+        assert calls == []
+        with trio.fail_after(5):  # nothing in flight now: part 1 is sent
+            n.start_soon(upload_ends, held)
+            await budget.acquire(2 * MiB, "f", spare=spare)
+        assert calls == [True]
+    assert budget.used == 4 * MiB and budget.in_flight == 0
+
+
 async def test_waiting_writer_goes_on_while_others_make_progress() -> None:
     budget = WriteBudget(4 * MiB, stall_grace=0.3)
     held = [await paid_part(budget, 1, 2 * MiB) for _ in range(2)]

@@ -4,8 +4,9 @@ each answer (errno or result) checked against a plain model of a directory tree 
 The model is docs/SEMANTICS.md in a few lines: directories made by mkdir, files that are
 either complete objects or being written through one handle (sequential writes; size as
 written so far; readers get EPERM, unlink EBUSY, rename EBUSY, a second writer EPERM; the
-object appears when the upload completes: the flush of a handle with data, fsync, or the
-release), rmdir of a non-empty directory ENOTEMPTY, mkdir of an existing name EEXIST, and
+object appears when the upload completes: the flush or fsync of a handle with data (an
+fsync with none is a no-op), or the release), rmdir of a non-empty directory ENOTEMPTY,
+mkdir of an existing name EEXIST, and
 rename's checks in the order S3Fs makes them. Operations are called as the kernel calls
 them: a path is walked with lookups from the root; open(O_CREAT) on an existing file is an
 open with O_TRUNC. metadata_ttl=0, so no answer depends on time.
@@ -183,7 +184,7 @@ class Model:
         return _ok(len(data))
 
     def flush(self, h: MHandle, sync: bool) -> Result:
-        if h.open and (h.data or sync):
+        if h.open and h.data:  # (an fsync with nothing written is a no-op)
             self.complete(h)
         return _ok()
 

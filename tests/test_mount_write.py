@@ -160,23 +160,26 @@ def test_tar_extract(mounted: Mount, s3: Any, bucket: str, tmp_path: Path) -> No
     assert (mounted.path / "d" / "one.bin").read_bytes() == tree["d/one.bin"]
 
 
-def test_out_of_order_write_fails_and_leaves_nothing(mounted: Mount, s3: Any,
-                                                     bucket: str) -> None:
-    mounted.allowed_errors.append("only sequential writes")
+def test_rewrite_outside_the_window_fails_and_leaves_nothing(mounted: Mount, s3: Any,
+                                                             bucket: str) -> None:
+    """Part 1 and the part being filled can be rewritten; a part already sent cannot."""
+    mounted.allowed_errors.append("outside the rewrite window")
     fd = os.open(mounted.path / "o.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.write(fd, b"a" * 100)
+    os.write(fd, b"a" * (3 * P + 100))  # part 1 held, parts 2 and 3 sent, part 4 filling
+    os.pwrite(fd, b"head", 0)
+    os.pwrite(fd, b"tail", 3 * P + 50)
     with pytest.raises(OSError) as exc:
-        os.pwrite(fd, b"b", 10)
+        os.pwrite(fd, b"b", P + 10)
     assert exc.value.errno == errno.EINVAL
     with pytest.raises(OSError) as exc:
         os.close(fd)  # close() reports the failed upload too
     assert exc.value.errno == errno.EINVAL
-    r = dd("/dev/zero", mounted.path / "seek.bin", "bs=1k", "count=1", "seek=5",
-           "conv=notrunc")
-    assert r.returncode != 0 and "Invalid argument" in r.stderr
     assert keys(s3, bucket) == []
     assert open_uploads(s3, bucket) == []
-    assert mounted.log().count("write at offset 10 but 100 bytes were written") == 1
+    lines = [line for line in mounted.log().splitlines() if "outside the rewrite window" in line]
+    assert len(lines) == 1, lines
+    assert "o.bin: write of 1 bytes at offset 5242890" in lines[0]
+    assert f"bytes 0-{P} (part 1), bytes {3 * P}-{3 * P + 100} (part 4)" in lines[0]
 
 
 IDLE_HOLDER = """
@@ -267,12 +270,31 @@ def test_fsync_completes_and_later_writes_fail(mounted: Mount, s3: Any, bucket: 
         os.write(fd, b"synced")
         os.fsync(fd)
         assert get(s3, bucket, "s.bin") == b"synced"
+        os.fsync(fd)  # nothing new: its result again
         with pytest.raises(OSError) as exc:
             os.write(fd, b"more")
         assert exc.value.errno == errno.EBADF
     finally:
         os.close(fd)
     assert get(s3, bucket, "s.bin") == b"synced"
+
+
+def test_fsync_before_any_byte_is_a_no_op(mounted: Mount, s3: Any, bucket: str) -> None:
+    """ddrescue and aria2c fsync (or fdatasync) before they write: no empty object, and the
+    writes that follow go on."""
+    fd = os.open(mounted.path / "n.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.fsync(fd)
+        os.fdatasync(fd)
+        os.ftruncate(fd, 3 * P)  # a size promise alone is nothing new either
+        os.fsync(fd)
+        assert "n.bin" not in keys(s3, bucket)
+        os.write(fd, b"data")
+        os.pwrite(fd, b"more", P + 1)
+    finally:
+        os.close(fd)
+    want = b"data" + bytes(P - 3) + b"more"
+    assert get(s3, bucket, "n.bin") == want + bytes(3 * P - len(want))
 
 
 def test_kill_9_leaves_no_object(mount_factory: Callable[..., Mount], s3: Any,

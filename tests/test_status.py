@@ -44,21 +44,21 @@ def test_status_shows_a_live_upload(mount_factory: Callable[..., Mount], s3: Any
     try:
         assert writer.stdout.readline() == "written\n"
         deadline = time.monotonic() + 30
-        while True:  # the two full parts get uploaded while the file stays open
+        while True:  # part 2 gets uploaded while the file stays open (part 1 waits for close)
             doc = json.loads(status(m, "--json").stdout)
             (up,) = doc["uploads"]
-            if up["parts_uploaded"] == 2 or time.monotonic() > deadline:
+            if up["parts_uploaded"] == 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert up["key"] == "live.bin" and up["state"] == "open"
         assert up["bytes_written"] == 12 * MiB
-        assert up["bytes_uploaded"] == 2 * P and up["parts_uploaded"] == 2
+        assert up["bytes_uploaded"] == P and up["parts_uploaded"] == 1
         assert up["parts_started"] == 3 and up["rate_bytes_s"] > 0
         assert doc["bucket"] == bucket and doc["totals"]["in_flight"] == 1
-        assert doc["write_memory"]["used"] == P  # the part being filled
+        assert doc["write_memory"]["used"] == 2 * P  # part 1, and the part being filled
         text = status(m).stdout
-        assert "live.bin" in text and "10 MiB of 12 MiB uploaded and verified" in text
-        assert "[#########################" in text and "parts 2/3" in text
+        assert "live.bin" in text and "5 MiB of 12 MiB uploaded and verified" in text
+        assert "[############......" in text and "parts 1/3" in text
     finally:
         writer.communicate("close\n", timeout=60)
     assert get(s3, bucket, "live.bin") == b"".join(bytes([i]) * MiB for i in range(12))
@@ -71,16 +71,17 @@ def test_status_shows_a_live_upload(mount_factory: Callable[..., Mount], s3: Any
 def test_status_reports_errors_and_refuses_non_mounts(mount_factory: Callable[..., Mount],
                                                       bucket: str, tmp_path: Any) -> None:
     m = mount_factory(bucket)
-    m.allowed_errors.append("only sequential writes")
+    m.allowed_errors.append("outside the rewrite window")
     fd = os.open(m.path / "bad.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
+        os.write(fd, bytes(3 * P))  # part 1 held, part 2 sent, part 3 being filled
         with contextlib.suppress(OSError):
-            os.pwrite(fd, b"x", 10)  # EINVAL: the upload is aborted
+            os.pwrite(fd, b"x", P + 10)  # EINVAL: the upload is aborted
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
     text = status(m).stdout
-    assert "recent errors:" in text and "only sequential writes" in text
+    assert "recent errors:" in text and "outside the rewrite window" in text
     assert "1 failed" in text
     r = subprocess.run([*s3mount_cmd(), "status", str(tmp_path)], capture_output=True,
                        text=True, timeout=30)

@@ -134,21 +134,189 @@ async def test_failed_single_put_leaves_nothing(config: Config, s3: Any, bucket:
     assert keys(s3, bucket) == []
 
 
-async def test_out_of_order_write_aborts(config: Config, s3: Any, bucket: str,
-                                         nursery: trio.Nursery) -> None:
+async def test_rewrite_outside_the_window_aborts(config: Config, s3: Any, bucket: str,
+                                                nursery: trio.Nursery) -> None:
     up = uploads(config, nursery).start("o.bin")
-    await write_all(up, os.urandom(P + 10))  # a multipart upload is open now
+    await write_all(up, os.urandom(3 * P + 10))  # part 1 held, 2 and 3 sent, 4 being filled
     assert open_uploads(s3, bucket) == ["o.bin"]
     with pytest.raises(FsError) as exc:
-        await up.write(3, b"x")
+        await up.write(P + 3, b"x")
     assert exc.value.errno_ == errno.EINVAL
-    assert "only sequential writes" in str(exc.value)
+    msg = str(exc.value)
+    assert "o.bin: write of 1 bytes at offset 5242883 is outside the rewrite window" in msg
+    assert f"bytes 0-{P} (part 1), bytes {3 * P}-{3 * P + 10} (part 4)" in msg
     with pytest.raises(FsError):
-        await up.write(P + 10, b"y")
+        await up.write(3 * P + 10, b"y")
     with pytest.raises(FsError):
         await up.complete()
     assert open_uploads(s3, bucket) == []
     assert keys(s3, bucket) == []
+
+
+async def finish(up: Upload, s3: Any, bucket: str, want: bytes, config: Config) -> None:
+    """Complete `up` and check that the object holds `want`, with the predicted ETag."""
+    info = await up.complete()
+    assert info.size == len(want)
+    assert get(s3, bucket, up.key) == want
+    assert head_etag(s3, bucket, up.key) == info.etag == expected_etag(want, config)
+    assert open_uploads(s3, bucket) == []
+    assert up.mgr.budget.used == 0
+
+
+async def test_rewrites_in_part_one_and_the_tail_are_applied(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    data = bytearray(os.urandom(2 * P + 100))  # part 1 held, part 2 sent, part 3 filling
+    up = uploads(config, nursery).start("r.bin")
+    await write_all(up, bytes(data))
+    patches = [(0, 32), (P - 16, 16), (2 * P, 8), (2 * P + 90, 20)]  # the last one extends
+    for off, n in patches:
+        patch = os.urandom(n)
+        assert await up.write(off, patch) == n
+        data[off:off + n] = patch
+    assert up.bytes_written == len(data) == 2 * P + 110
+    await finish(up, s3, bucket, bytes(data), config)
+    assert head_etag(s3, bucket, "r.bin").endswith("-3")
+
+
+@pytest.mark.parametrize(("off", "n", "ok"), [
+    (P - 1, 1, True),  # last byte of part 1
+    (P - 1, 2, False),  # ... and the first of part 2, already sent
+    (2 * P - 1, 1, False),  # last byte of part 2
+    (2 * P, 1, True),  # first byte of the part being filled
+    (2 * P + 99, 5, True),  # the last byte written, and on past the end
+])
+async def test_window_edges(config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
+                            off: int, n: int, ok: bool) -> None:
+    data = bytearray(os.urandom(2 * P + 100))
+    up = uploads(config, nursery).start("e.bin")
+    await write_all(up, bytes(data))
+    if not ok:
+        with pytest.raises(FsError) as exc:
+            await up.write(off, b"z" * n)
+        assert exc.value.errno_ == errno.EINVAL and f"at offset {off} " in str(exc.value)
+        assert open_uploads(s3, bucket) == [] and keys(s3, bucket) == []
+        return
+    await up.write(off, b"z" * n)
+    data[off:off + n] = b"z" * n
+    await finish(up, s3, bucket, bytes(data), config)
+
+
+async def test_patch_across_part_one_and_two_while_two_fills(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    data = bytearray(os.urandom(P + 100))
+    up = uploads(config, nursery).start("x.bin")
+    await write_all(up, bytes(data))
+    await up.write(P - 10, b"q" * 20)
+    data[P - 10:P + 10] = b"q" * 20
+    await finish(up, s3, bucket, bytes(data), config)
+
+
+@pytest.mark.parametrize("hole", [
+    (100, 2 * P + 7),  # from inside part 1 across part 2 into part 3
+    (P, 2 * P),  # exactly part 2
+    (0, 3 * P + 1),  # a file that starts with a hole
+])
+async def test_holes_are_zeros_across_part_boundaries(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
+        hole: tuple[int, int]) -> None:
+    mgr = uploads(config, nursery)
+    up = mgr.start("h.bin")  # keeps freed buffers from the trim
+    # An upload of random bytes first: its freed buffers are reused for the holes below.
+    first = mgr.start("noise.bin")
+    await write_all(first, os.urandom(4 * P))
+    await first.complete()
+    assert mgr.budget.kept_bytes > 0
+    start, end = hole
+    head, tail = os.urandom(start), os.urandom(P // 2 + 3)
+    await write_all(up, head)
+    await up.write(end, tail)
+    assert up.bytes_written == end + len(tail)
+    await finish(up, s3, bucket, head + bytes(end - start) + tail, config)
+    assert mgr.budget.peak <= config.max_memory
+
+
+async def test_a_hole_that_ends_part_one_exactly_is_one_put(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    up = uploads(config, nursery).start("p.bin")
+    await up.write(P - 1, b"!")
+    await finish(up, s3, bucket, bytes(P - 1) + b"!", config)
+    assert "-" not in head_etag(s3, bucket, "p.bin")
+
+
+async def test_truncate_up_promises_zeros_at_close(config: Config, s3: Any, bucket: str,
+                                                   nursery: trio.Nursery) -> None:
+    mgr = uploads(config, nursery)
+    up = mgr.start("t.bin")
+    await up.truncate(2 * P + 3)  # truncate -s, then sequential writes from 0
+    assert up.bytes_written == 2 * P + 3 and up.end == 0
+    head = os.urandom(P + 5)
+    await write_all(up, head)
+    assert up.bytes_written == 2 * P + 3
+    await finish(up, s3, bucket, head + bytes(P - 2), config)
+    # written past the promise: the writes decide the size
+    up = mgr.start("u.bin")
+    await up.truncate(10)
+    await up.write(0, b"a" * 20)
+    await finish(up, s3, bucket, b"a" * 20, config)
+
+
+async def test_truncate_down_within_the_window(config: Config, s3: Any, bucket: str,
+                                               nursery: trio.Nursery) -> None:
+    mgr = uploads(config, nursery)
+    data = os.urandom(P + 100)  # part 2 started, the multipart upload with it
+    up = mgr.start("d.bin")
+    await write_all(up, data)
+    assert open_uploads(s3, bucket) == ["d.bin"]
+    await up.truncate(1000)  # back into part 1: one PUT, the multipart upload aborted
+    await up.write(1000, b"end")
+    await finish(up, s3, bucket, data[:1000] + b"end", config)
+    assert "-" not in head_etag(s3, bucket, "d.bin")
+    up = mgr.start("e.bin")
+    data = os.urandom(2 * P + 100)
+    await write_all(up, data)
+    await up.truncate(2 * P + 50)  # within the part being filled
+    await finish(up, s3, bucket, data[:2 * P + 50], config)
+
+
+async def test_truncate_down_outside_the_window_aborts(config: Config, s3: Any, bucket: str,
+                                                       nursery: trio.Nursery) -> None:
+    up = uploads(config, nursery).start("o.bin")
+    await write_all(up, os.urandom(2 * P + 100))
+    with pytest.raises(FsError) as exc:
+        await up.truncate(P + 1)  # part 2 was sent
+    assert exc.value.errno_ == errno.EOPNOTSUPP
+    assert "truncate to 5242881 bytes is not supported" in str(exc.value)
+    with pytest.raises(FsError):
+        await up.complete()
+    assert open_uploads(s3, bucket) == [] and keys(s3, bucket) == []
+
+
+async def test_part_one_is_sent_early_when_the_budget_has_no_room(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    """With --max-memory of one part, part 1 cannot be held: it goes when part 2 needs
+    room, the stream goes on, and a later patch of part 1 is refused."""
+    config = replace(config, max_memory=P)
+    mgr = uploads(config, nursery)
+    data = os.urandom(3 * P + 1)
+    up = mgr.start("s.bin")
+    with trio.fail_after(30):
+        await write_all(up, data)
+    await finish(up, s3, bucket, data, config)
+    assert mgr.budget.peak <= P
+    up = mgr.start("t.bin")
+    await write_all(up, data)
+    with pytest.raises(FsError, match="part 1 was already sent: --max-memory was full"):
+        await up.write(0, b"header")
+
+
+async def test_start_empty_then_truncate_to_zero(config: Config, s3: Any, bucket: str,
+                                                 nursery: trio.Nursery) -> None:
+    """ftruncate(0) before the first write changes nothing: the upload starts empty."""
+    up = uploads(config, nursery).start("z.bin")
+    await up.truncate(0)
+    assert up.bytes_written == 0
+    await up.write(0, b"new")
+    await finish(up, s3, bucket, b"new", config)
 
 
 async def test_write_after_complete_is_refused(config: Config, nursery: trio.Nursery,

@@ -9,6 +9,7 @@ import http.server
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def test_rdiff_backup_twice(mounted: Mount, s3: Any, bucket: str, tmp_path: Path
     (src / "sub" / "x.txt").write_text("one\n")
     dest = mounted.path / "rb"
     run("rdiff-backup", "backup", str(src), str(dest))
-    (src / "sub" / "x.txt").write_text("two\n")
+    (src / "sub" / "x.txt").write_text("two\n")  # same size: only its time tells
+    os.utime(src / "sub" / "x.txt", (time.time() + 10, time.time() + 10))
     (src / "f0").unlink()
     run("rdiff-backup", "backup", str(src), str(dest))  # an increment
     r = subprocess.run(["diff", "-r", "-x", "rdiff-backup-data", str(src), str(dest)],

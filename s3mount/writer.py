@@ -31,7 +31,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -89,6 +89,11 @@ class Upload:
         self.inflight = 0
         self.settled = trio.lowlevel.ParkingLot()  # woken when a part task ends
         self.done = trio.Event()
+        # User metadata and Content-Type the object gets (set by the namespace; they travel
+        # with CreateMultipartUpload or the PUT), and what was sent (None: not yet).
+        self.meta: dict[str, str] = {}
+        self.content_type: str | None = None
+        self.meta_sent: dict[str, str] | None = None
 
     @property
     def bytes_written(self) -> int:
@@ -275,9 +280,15 @@ class Upload:
         self.algo = algo
         return answer
 
+    def _object_attrs(self) -> dict[str, Any]:
+        """The metadata and Content-Type to send now, noted as sent."""
+        self.meta_sent = dict(self.meta)
+        return {"meta": self.meta_sent, "content_type": self.content_type}
+
     async def _create(self) -> str:
         started = await self._declared(
-            lambda algo: self.store.create_upload(self.key, algo), lambda s: s.encryption,
+            lambda algo: self.store.create_upload(self.key, algo, **self._object_attrs()),
+            lambda s: s.encryption,
             lambda s: self.store.abort_upload(self.key, s.upload_id))
         self.upload_id = started.upload_id
         log.debug("%s: multipart upload %s started", self.key, self.upload_id)
@@ -418,7 +429,9 @@ class Upload:
                     md5[:] = [digest]
                     async with self.mgr.part_slots:
                         body = PartBody(view) if part is not None else b""
-                        return await self.store.put(self.key, body, digest, extra), digest, extra
+                        sent = await self.store.put(self.key, body, digest, extra,
+                                                    **self._object_attrs())
+                        return sent, digest, extra
 
                 sent, digest, extra = await self._declared(send, lambda a: a[0].encryption)
         finally:

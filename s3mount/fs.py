@@ -69,7 +69,7 @@ class S3Fs(pyfuse3.Operations):
         super().__init__()
         self.config = config
         self.uploads = Uploads(config, store, nursery)
-        self.ns = Namespace(config, store, self.uploads)
+        self.ns = Namespace(config, store, self.uploads, nursery)
         self.readers = Readers(store, ReadBudget(config.read_memory), nursery,
                                config.read_ahead_max)
         self.handles = HandleTable()
@@ -133,8 +133,21 @@ class S3Fs(pyfuse3.Operations):
                 h.upload = await self.ns.truncate(node, attr.st_size, h.upload, handle=True)
             else:
                 await self.ns.truncate(node, attr.st_size, None, handle=False)
-        # mode, owner and times are accepted and not stored: S3 has no place for them yet,
-        # and tools such as cp -a and tar must not fail on plain files.
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_ctime:
+            changes["ctime_ns"] = attr.st_ctime_ns
+        if changes:
+            await self.ns.set_attrs(node, **changes)
         return self.attrs(node)
 
     @_fuse_errors
@@ -270,7 +283,7 @@ class S3Fs(pyfuse3.Operations):
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int,
                      flags: int, ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        node, upload = await self.ns.create(parent_inode, name)
+        node, upload = await self.ns.create(parent_inode, name, mode)
         fh = self.handles.add(WriteHandle(node, upload, ctx.pid))
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.attrs(node)
 

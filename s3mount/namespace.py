@@ -19,6 +19,7 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -26,12 +27,19 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from . import renamer
-from .config import Config
+from .config import S3_MAX_PUT, Config
 from .errors import FsError, first_error
 from .etag import EMPTY_MD5
 from .inodes import ROOT_INODE, InodeTable, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
-from .meta import DEFAULT_CONTENT_TYPE, SYMLINK_MODE, FileMeta, link_target, symlink_body
+from .meta import (
+    DEFAULT_CONTENT_TYPE,
+    SYMLINK_MODE,
+    FileMeta,
+    guess_content_type,
+    link_target,
+    symlink_body,
+)
 from .renamer import Renamer
 from .s3view import Entry, S3View, file_entry
 from .store import Store
@@ -44,6 +52,7 @@ LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one 
 # unless the file is still open elsewhere.
 SETTLE_GRACE = 2.0
 APPEND_CHUNK = 1 << 20  # bytes read back at a time when appending to an object
+META_DELAY = 1.0  # seconds set times wait for a rename to carry them (rsync's temporary file)
 META_BATCH = 256  # directory entries whose metadata is fetched together
 META_HEADS = 16  # HEADs in flight for one batch
 
@@ -69,10 +78,13 @@ class Writing:
 
 
 class Namespace:
-    def __init__(self, config: Config, store: Store, uploads: Uploads) -> None:
+    def __init__(self, config: Config, store: Store, uploads: Uploads,
+                 nursery: trio.Nursery | None = None) -> None:
         self.config = config
         self.store = store
         self.uploads = uploads
+        self.nursery = nursery  # for metadata stored a moment later (None: at once)
+        self.pending_meta: dict[int, Node] = {}  # by inode: times or modes not stored yet
         self.keys = KeyMap(config.prefix, config.dir_suffix)
         self.view = S3View(store, self.keys)
         self.inodes = InodeTable(config.metadata_ttl, self.view.mount_time)
@@ -377,10 +389,12 @@ class Namespace:
                                                   for w in self.writing.values()),
                       dst_busy=dst is not None and dst.writing)
         if src.kind == "file":
-            info = await self.renamer.move_file(self.keys.file_key(old),
-                                                self.keys.file_key(new))
+            pending = self.pending_meta.pop(src.ino, None)  # rsync: set on its temporary file
+            info = await self.renamer.move_file(
+                self.keys.file_key(old), self.keys.file_key(new),
+                src.meta.to_headers() if pending is not None and src.meta else None)
             self.inodes.move(old, new)
-            self.inodes.upsert(new, Entry("file", info.size, info.mtime, info.etag))
+            self.inodes.upsert(new, file_entry(info))
         else:
             n = await self.renamer.move_dir(old, new)
             log.info("renamed directory %r to %r: %d keys copied and deleted", old, new, n)
@@ -567,7 +581,8 @@ class Namespace:
         self.inodes.wrote(node.path)
         return None
 
-    async def create(self, parent_ino: int, raw: bytes) -> tuple[Node, Upload]:
+    async def create(self, parent_ino: int, raw: bytes,
+                     mode: int | None = None) -> tuple[Node, Upload]:
         """A new (or replaced) file at the name, being written; known to the kernel."""
         self.check_writable()
         path = self.path_of(parent_ino, raw)
@@ -580,20 +595,29 @@ class Namespace:
             node = self.inodes.by_path.get(path)  # (the settled upload may have replaced it)
         if node is None or not node.writing:
             node = self.inodes.upsert(path, Entry("file", 0, time.time()))
-        upload = self._start_write(node)
+        upload = self._start_write(node, mode)
         self.inodes.opened(node)
         self.inodes.looked_up(node)
         self.inodes.wrote(path)
         return node, upload
 
-    def _start_write(self, node: Node) -> Upload:
+    def _start_write(self, node: Node, mode: int | None = None) -> Upload:
+        """A new upload for `node`: its object gets the node's metadata (s3fs's convention,
+        meta.py) with a new mtime, `mode` if given (create's), and a Content-Type guessed
+        from the name."""
         if node.writing:
             raise FsError(f"{node.path!r} is already being written by another handle; "
                           "S3 takes one writer per object", errno.EPERM)
         upload = self.uploads.start(self.keys.check_key(node.path))
+        now = time.time_ns()
+        meta = replace(node.meta or FileMeta(), mtime_ns=now, ctime_ns=now)
+        if mode is not None:
+            meta = replace(meta, mode=stat.S_IFREG | stat.S_IMODE(mode))
+        upload.meta = meta.to_headers()
+        upload.content_type = guess_content_type(node.path.rpartition("/")[2])
         self.writing[node.ino] = Writing(node, upload)
-        node.writing = True
-        node.mtime = time.time()
+        node.writing, node.meta, node.target = True, meta, None
+        node.mtime = now / 1e9
         return upload
 
     # -- the end of a write -----------------------------------------------------------------
@@ -611,6 +635,9 @@ class Namespace:
             await upload.complete()
         finally:
             self._done_writing(node, upload)
+        if upload.meta_sent is not None and upload.meta != upload.meta_sent:
+            # times or modes set after the upload began (cp -a of a file of many parts)
+            await self._store_meta(node)
 
     def released(self, node: Node, upload: Upload) -> None:
         """The last handle of an upload was released (RELEASE)."""
@@ -634,7 +661,8 @@ class Namespace:
         node.writing = False
         if upload.state is UploadState.DONE and upload.result is not None:
             info = upload.result
-            self.inodes.upsert(node.path, Entry("file", info.size, info.mtime, info.etag))
+            meta = FileMeta.from_headers(upload.meta)  # (stored by finish_write if late)
+            self.inodes.upsert(node.path, Entry("file", info.size, info.mtime, info.etag, meta))
             self.inodes.wrote(node.path)  # the object exists from now on
 
     async def settle(self, node: Node) -> None:
@@ -654,5 +682,61 @@ class Namespace:
         self._done_writing(node, w.upload)
 
     async def shutdown(self) -> None:
-        """At unmount: let completing uploads finish, abort those never closed."""
+        """At unmount: store pending times and modes, let completing uploads finish, abort
+        those never closed."""
+        for node in list(self.pending_meta.values()):
+            await self._store_meta(node)
         await self.uploads.shutdown()
+
+    # -- times, modes, owners ---------------------------------------------------------------
+
+    async def set_attrs(self, node: Node, **changes: int) -> None:
+        """chmod, chown, utimens: kept in the object's metadata (meta.py). A file being
+        written takes them with its upload (or, set after the upload began, by a copy onto
+        itself once complete); a closed file gets them by a copy onto itself META_DELAY
+        seconds later, unless a rename (which copies anyway) carries them first. Directories
+        and implicit ones accept them and store nothing."""
+        if node.kind == "dir":
+            return
+        self.check_writable()
+        current = node.meta or FileMeta()
+        new = replace(current, **changes)
+        if new == current:
+            return
+        node.meta = new
+        w = self.writing.get(node.ino)
+        if w is not None:
+            w.upload.meta = {**w.upload.meta, **new.to_headers()}
+            return
+        if node.ino not in self.pending_meta:
+            self.pending_meta[node.ino] = node
+            if self.nursery is not None:
+                self.nursery.start_soon(self._store_meta_later, node)
+            else:
+                await self._store_meta(node)
+
+    async def _store_meta_later(self, node: Node) -> None:
+        await trio.sleep(META_DELAY)
+        await self._store_meta(node)
+
+    async def _store_meta(self, node: Node) -> None:
+        """Copy the object onto itself with the node's metadata merged into its own (the
+        copy keeps the bytes and the ETag). Failures are logged: the bytes are safe."""
+        self.pending_meta.pop(node.ino, None)
+        if node.detached or node.writing or node.meta is None:
+            return
+        key = self.keys.file_key(node.path)
+        try:
+            info = await self.store.head(key)
+            if info is None:
+                return
+            if info.size > S3_MAX_PUT:
+                log.warning("%s: times and modes not stored: a copy onto itself is limited to "
+                            "5 GiB", key)
+                return
+            headers = {**(info.meta or {}), **node.meta.to_headers()}
+            if headers != info.meta:
+                await self.store.copy(key, key, info.etag, meta=headers,
+                                      content_type=info.content_type)
+        except FsError as exc:
+            log.warning("%s: times and modes not stored: %s", key, exc)

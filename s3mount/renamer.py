@@ -99,28 +99,36 @@ class Renamer:
         elif not await self.view.stat(new):
             await self.store.put(self.keys.marker_key(new), b"", EMPTY_MD5)
 
-    async def move_file(self, src: str, dst: str) -> ObjectInfo:
+    async def move_file(self, src: str, dst: str,
+                        meta: dict[str, str] | None = None) -> ObjectInfo:
+        """Move object `src` to `dst`, its user metadata updated with `meta` if given."""
         info = await self.store.head(src)
         if info is None:
             raise FsError(f"{src}: no such object", errno.ENOENT)
-        copied = await self.copy(info, dst)
+        copied = await self.copy(info, dst, meta)
         await self.store.delete(src)
         return copied
 
-    async def copy(self, info: ObjectInfo, dst: str) -> ObjectInfo:
-        """Copy the object `info` to `dst` and verify it; a copy that does not match is
-        removed. Raises EXDEV when this server's copies cannot be verified."""
+    async def copy(self, info: ObjectInfo, dst: str,
+                   meta: dict[str, str] | None = None) -> ObjectInfo:
+        """Copy the object `info` (as HEAD answered) to `dst` and verify it; a copy that does
+        not match is removed. The copy has the source's user metadata, updated with `meta`,
+        and its Content-Type. Raises EXDEV when this server's copies cannot be verified."""
         src = info.key
-        if info.size == 0:
-            await self.store.put(dst, b"", EMPTY_MD5)  # markers: some servers cannot copy them
+        if meta is not None:  # changes, merged into the source's own
+            meta = {**(info.meta or {}), **meta}
+        kept = info.meta if meta is None else meta  # for the copies that are new objects
+        if info.size == 0:  # markers: some servers cannot copy them
+            await self.store.put(dst, b"", EMPTY_MD5, meta=kept,
+                                 content_type=info.content_type)
             return await self._verified(info, dst)
         if not etag_is_md5(info.encryption):
             raise _unverifiable(src, "its ETag is not an MD5 (SSE-KMS or SSE-C)")
         attempts: list[Callable[[], Awaitable[object]]] = []
         if parts_of(info.etag):  # S3 gives a copy over the same parts the same ETag
-            attempts.append(lambda: self._copy_parts(info, dst))
+            attempts.append(lambda: self._copy_parts(info, dst, kept))
         if info.size <= S3_MAX_PUT:  # S3 keeps a single-part ETag; some servers any ETag
-            attempts.append(lambda: self.store.copy(src, dst, info.etag))
+            attempts.append(lambda: self.store.copy(src, dst, info.etag, meta=meta))
         got: ObjectInfo | None = None
         for attempt in attempts:
             await attempt()
@@ -166,11 +174,13 @@ class Renamer:
             return [s or 0 for s in sizes]
         return None
 
-    async def _copy_parts(self, info: ObjectInfo, dst: str) -> None:
+    async def _copy_parts(self, info: ObjectInfo, dst: str,
+                          meta: dict[str, str] | None) -> None:
         sizes = await self._layout(info)
         if sizes is None:
             raise _unverifiable(info.key, "the server does not report its part sizes")
-        started = await self.store.create_upload(dst)
+        started = await self.store.create_upload(dst, meta=meta,
+                                                 content_type=info.content_type)
         etags: dict[int, str] = {}
         try:
             limit = trio.Semaphore(COPY_CONCURRENCY)

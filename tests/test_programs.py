@@ -155,3 +155,64 @@ def test_aria2c_and_ddrescue(mounted: Mount, s3: Any, bucket: str, tmp_path: Pat
     assert get(s3, bucket, "rescued.img") == image.read_bytes()
     assert b"finished" in get(s3, bucket, "rescue.map").lower() or b"+" in get(
         s3, bucket, "rescue.map")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A tree with old times, odd modes and symbolic links (a source checkout's shape)."""
+    root = tmp_path / "tree"
+    (root / "bin").mkdir(parents=True)
+    (root / "lib").mkdir()
+    (root / "bin" / "tool").write_bytes(b"#!/bin/sh\necho tool\n")
+    os.chmod(root / "bin" / "tool", 0o755)
+    (root / "lib" / "data.bin").write_bytes(os.urandom(6 * 1024 * 1024 + 7))  # two parts
+    (root / "lib" / "secret").write_text("private\n")
+    os.chmod(root / "lib" / "secret", 0o600)
+    os.symlink("../lib/data.bin", root / "bin" / "data")
+    os.symlink("nowhere/at/all", root / "dangling")
+    for i, p in enumerate(sorted(root.rglob("*"))):
+        os.utime(p, ns=(1_600_000_000_123_456_789 + i, 1_500_000_000_987_654_321 + i),
+                 follow_symlinks=False)
+    return root
+
+
+def _shape(root: Path) -> list[tuple[str, str, int, int]]:
+    """(path, type and target, permission bits, mtime in ns) of every entry but directories
+    (whose times and modes S3 markers do not keep)."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        if p.is_symlink():
+            out.append((str(p.relative_to(root)), "-> " + os.readlink(p), 0o777,
+                        st.st_mtime_ns))
+        elif p.is_file():
+            out.append((str(p.relative_to(root)), "file", st.st_mode & 0o7777,
+                        st.st_mtime_ns))
+    return out
+
+
+def test_cp_a_keeps_links_modes_and_times(mounted: Mount, s3: Any, bucket: str,
+                                          tree: Path, tmp_path: Path) -> None:
+    run("cp", "-a", str(tree), str(mounted.path / "t"))
+    assert _shape(mounted.path / "t") == _shape(tree)
+    assert (mounted.path / "t" / "bin" / "data").read_bytes() == (
+        tree / "lib" / "data.bin").read_bytes()  # the link is followed
+    head = s3.head_object(Bucket=bucket, Key="t/bin/data")
+    assert int(head["Metadata"]["mode"]) == 0o120777  # s3fs's form of a link
+    assert get(s3, bucket, "t/bin/data") == b"../lib/data.bin"
+    run("cp", "-a", str(mounted.path / "t"), str(tmp_path / "back"))  # and out again
+    assert _shape(tmp_path / "back") == _shape(tree)
+
+
+def test_rsync_a_twice_transfers_nothing_the_second_time(mounted: Mount, s3: Any,
+                                                         bucket: str, tree: Path) -> None:
+    """rsync sets times and modes on its temporary file, then renames it: the rename's copy
+    carries them, and the second run's quick check (size and mtime) finds nothing to send."""
+    first = run("rsync", "-a", "--stats", f"{tree}/", str(mounted.path / "r")).stdout
+    assert "Number of regular files transferred: 3" in first, first
+    assert _shape(mounted.path / "r") == _shape(tree)
+    second = run("rsync", "-a", "--stats", f"{tree}/", str(mounted.path / "r")).stdout
+    assert "Number of regular files transferred: 0" in second, second
+    assert "Total transferred file size: 0 bytes" in second, second
+    assert get(s3, bucket, "r/lib/secret") == b"private\n"
+    assert not [k for k in keys(s3, bucket) if "/." in k]  # no temporary file left

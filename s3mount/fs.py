@@ -99,7 +99,10 @@ class S3Fs(pyfuse3.Operations):
         a.st_mtime_ns = mtime
         a.st_atime_ns = mtime if meta.atime_ns is None else meta.atime_ns
         a.st_ctime_ns = mtime if meta.ctime_ns is None else meta.ctime_ns
-        a.entry_timeout = a.attr_timeout = self.config.metadata_ttl
+        # A file seen only in a listing: the kernel must ask again (a lookup, whose HEAD
+        # brings its metadata) before it shows more than the name.
+        unknown = node.kind == "file" and node.meta is None and not node.writing
+        a.entry_timeout = a.attr_timeout = 0 if unknown else self.config.metadata_ttl
         return a
 
     # -- metadata ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import trio
 
 from . import renamer
 from .config import S3_MAX_PUT, Config
-from .errors import FsError, first_error
+from .errors import FsError
 from .etag import EMPTY_MD5
 from .inodes import ROOT_INODE, InodeTable, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
@@ -53,8 +53,6 @@ LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one 
 SETTLE_GRACE = 2.0
 APPEND_CHUNK = 1 << 20  # bytes read back at a time when appending to an object
 META_DELAY = 1.0  # seconds set times wait for a rename to carry them (rsync's temporary file)
-META_BATCH = 256  # directory entries whose metadata is fetched together
-META_HEADS = 16  # HEADs in flight for one batch
 
 
 def not_found(path: str) -> FsError:
@@ -148,13 +146,21 @@ class Namespace:
     async def resolve(self, path: str) -> Node:
         """The node at `path`, from the cache when fresh, else from S3; ENOENT if none."""
         node = self.inodes.cached(path)
-        if node is not None:
+        if node is not None and (node.meta is not None or node.kind != "file" or node.writing):
             return node
+        if node is not None:  # listed (LIST has no metadata): its HEAD says the rest
+            entry = await self._head_file(path)
+            if entry is not None:
+                return self.inodes.upsert(path, entry)
         entry = None
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
             entry = self.inodes.listed(path)
             if entry is not None and entry.kind == "file" and entry.meta is None:
-                entry = await self._head_file(path)  # its times, mode, link-ness
+                known = self.inodes.by_path.get(path)
+                if known is not None and known.meta is not None and known.etag == entry.etag:
+                    entry = replace(entry, meta=known.meta)  # the same object, seen before
+                else:
+                    entry = await self._head_file(path)  # its times, mode, link-ness
             entry = entry or await self._stat(path)
             if entry is None:
                 self.inodes.set_missing(path)
@@ -221,7 +227,8 @@ class Namespace:
 
     async def refresh(self, node: Node) -> Node:
         """Re-read a file's attributes from S3 if they are stale."""
-        if node.kind == "file" and not node.detached and not self.inodes.fresh(node):
+        if node.kind == "file" and not node.detached and not node.writing and (
+                not self.inodes.fresh(node) or node.meta is None):
             entry = await self.view.stat(node.path)
             if entry is None:
                 self.inodes.detach(node)
@@ -256,51 +263,15 @@ class Namespace:
 
     async def entries(self, node: Node) -> AsyncIterator[tuple[str, Entry]]:
         """The directory's entries as S3 lists them, with the files being written here. A
-        LIST carries no metadata: the files' times, modes and link-ness come from HEADs, sent
-        META_HEADS at a time for each batch of entries (s3fs does the same)."""
+        LIST carries no metadata: a file's times, mode and link-ness come from a HEAD when
+        it is looked up (`resolve`), not for every entry listed (`ls` of 100,000 names)."""
         writing = self._being_written_in(node.path)
-        batch: list[tuple[str, Entry]] = []
         async for name, entry in self.view.children(node.path):
             if name in writing and entry.kind == "file":
                 continue
-            batch.append((name, entry))
-            if len(batch) == META_BATCH:
-                for item in await self._with_meta(node.path, batch):
-                    yield item
-                batch = []
-        for item in await self._with_meta(node.path, batch):
-            yield item
+            yield name, entry
         for name, wnode in writing.items():
             yield name, Entry("file", wnode.size, wnode.mtime, meta=wnode.meta)
-
-    async def _with_meta(self, dir_path: str, batch: list[tuple[str, Entry]]
-                         ) -> list[tuple[str, Entry]]:
-        """`batch` with the metadata of its files: what this mount knows of the same object,
-        else a HEAD of each (concurrently). A file gone meanwhile keeps its LIST entry."""
-        out = list(batch)
-        limit = trio.Semaphore(META_HEADS)
-
-        async def one(i: int, path: str) -> None:
-            async with limit:
-                info = await self.store.head(self.keys.file_key(path))
-            if info is not None:
-                out[i] = (out[i][0], file_entry(info))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for i, (name, entry) in enumerate(batch):
-                    if entry.kind != "file" or entry.meta is not None:
-                        continue
-                    path = join(dir_path, name)
-                    known = self.inodes.by_path.get(path)
-                    if (known is not None and known.meta is not None
-                            and known.etag == entry.etag):
-                        out[i] = (name, replace(entry, meta=known.meta))
-                    else:
-                        nursery.start_soon(one, i, path)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        return out
 
     def entry_node(self, dir_node: Node, name: str, entry: Entry) -> Node:
         """The node of a listed entry (readdir), not yet counted as known to the kernel."""

@@ -74,6 +74,7 @@ def test_rdiff_backup_twice(mounted: Mount, s3: Any, bucket: str, tmp_path: Path
     (src / "sub" / "x.txt").write_text("one\n")
     dest = mounted.path / "rb"
     run("rdiff-backup", "backup", str(src), str(dest))
+    time.sleep(1.1)  # its sessions are named by the second: it refuses two in one second
     (src / "sub" / "x.txt").write_text("two\n")  # same size: only its time tells
     os.utime(src / "sub" / "x.txt", (time.time() + 10, time.time() + 10))
     (src / "f0").unlink()

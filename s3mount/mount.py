@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -151,7 +152,7 @@ async def _status_socket(config: Config, fs: S3Fs, path: Path) -> None:
     """Serve `s3mount status`; a mount without it still works."""
     errors = status.RecentErrors()
     logging.getLogger().addHandler(errors)
-    started = trio.current_time()
+    started = time.monotonic()  # status.snapshot compares it with time.monotonic()
     try:
         await status.serve(path, lambda: status.snapshot(config, fs.uploads, started, errors))
     except OSError as exc:

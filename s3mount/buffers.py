@@ -18,6 +18,7 @@ only when there is some; the bytes a read is waiting for are always taken.
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import logging
@@ -236,6 +237,10 @@ class ReadBudget:
         self.peak = 0
         self.readers = 0  # open readers; with none, kept buffers are unmapped
         self.kept = KeptBuffers()
+        # Verified reads (reader.py): on unless --no-verify-reads or a server whose ETags are
+        # no MD5s; the counts of what readers served and proved, for status and metrics.
+        self.verify = True
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def take(self, n: int, force: bool = False) -> mmap.mmap | None:
         """A buffer of at least `n` bytes, or None when it does not fit (unless `force`)."""

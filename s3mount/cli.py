@@ -133,6 +133,11 @@ def mount_parser() -> Parser:
                     help="additional checksum sent with every part and verified after the "
                     "upload, besides Content-MD5 and the ETag; auto (the default) uses CRC32C "
                     "only where ETags are not MD5s (SSE-KMS, SSE-C)")
+    wr.add_argument("--verify", choices=("auto", "read-back"), default="auto",
+                    help="how uploads are proven: auto (the default) by ETags or by additional "
+                    "checksums, whichever the server's answers prove (probed at mount start); "
+                    "read-back also reads each object back and hashes it before close() "
+                    "returns (works on any server; costs one read of every byte written)")
     fs.add_argument("--rename-max-keys", type=int, default=10_000, metavar="N",
                     help="largest directory (in keys) that rename copies; above it rename "
                     "fails with EXDEV and mv copies file by file (default 10000)")
@@ -141,6 +146,9 @@ def mount_parser() -> Parser:
                     help="largest read-ahead window per file (default 32M)")
     rd.add_argument("--read-memory", type=parse_size, default=128 * MiB,
                     help="prefetched bytes across all files (default 128M)")
+    rd.add_argument("--no-verify-reads", dest="verify_reads", action="store_false",
+                    help="do not hash whole-file reads against the object's MD5 (see "
+                    "docs/SEMANTICS.md for which reads are verified)")
     rd.add_argument("--retries", type=int, default=8,
                     help="retries of a failed read or metadata request (default 8)")
     rd.add_argument("--read-deadline", type=float, default=60.0, metavar="SECONDS",
@@ -152,6 +160,9 @@ def mount_parser() -> Parser:
     run.add_argument("-f", "--foreground", action="store_true",
                      help="stay in the foreground, log to stderr")
     run.add_argument("--debug", action="store_true", help="log every request")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve Prometheus metrics over HTTP here, e.g. 127.0.0.1:9100 "
+                     "(docs/METRICS.md)")
     run.add_argument("--log-file", help="log here when detached (default: syslog)")
     return p
 
@@ -192,7 +203,8 @@ def build_config(ns: argparse.Namespace) -> Config:
         dir_mode=ns.dir_mode, dir_suffix=ns.dir_suffix, metadata_ttl=ns.metadata_ttl,
         part_size=ns.part_size, part_growth_every=ns.part_growth_every,
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
-        checksum=ns.checksum, rename_max_keys=ns.rename_max_keys,
+        checksum=ns.checksum, verify=ns.verify, verify_reads=ns.verify_reads,
+        metrics=ns.metrics, rename_max_keys=ns.rename_max_keys,
         abort_stale_uploads=ns.abort_stale_uploads,
         read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries,
         read_deadline=ns.read_deadline, write_deadline=ns.write_deadline)

@@ -15,6 +15,7 @@ S3 puts in its headers; :func:`normalize_etag` brings S3's form to this one.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -29,9 +30,28 @@ MD5_SIZE = 16
 NON_MD5_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse", "SSE-C"})
 
 
-def etag_is_md5(encryption: str | None) -> bool:
-    """Whether S3 gives objects stored with ``encryption`` an MD5-based ETag (SSE-S3 does)."""
+_MD5_SHAPE = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+
+
+def md5_shaped(etag: str) -> bool:
+    """Whether ``etag`` (this module's form) can be an MD5 or a multipart ETag at all: 32 hex
+    digits, then ``-N`` for a multipart object. AIStore's xxhash ETags (16 hex digits) cannot."""
+    return _MD5_SHAPE.fullmatch(etag) is not None
+
+
+def etag_is_md5(encryption: str | None, etag: str | None = None) -> bool:
+    """Whether S3 gives objects stored with ``encryption`` an MD5-based ETag (SSE-S3 does),
+    and, when an ``etag`` the server answered is given, whether it has the shape of one."""
+    if etag is not None and not md5_shaped(normalize_etag(etag)):
+        return False
     return (encryption or "").lower() not in {e.lower() for e in NON_MD5_ENCRYPTION}
+
+
+def single_part_md5(etag: str) -> bytes | None:
+    """The MD5 of an object's bytes, if its ETag is that of one PutObject (32 hex digits);
+    None for a multipart ETag or any other shape."""
+    etag = normalize_etag(etag)
+    return bytes.fromhex(etag) if len(etag) == 32 and md5_shaped(etag) else None
 
 
 def single_etag(digest: bytes) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import status
+from . import probe, status
 from .config import Config
 from .errors import QuietError, StoreError
 from .fs import S3Fs
@@ -74,6 +74,7 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
     with trio.fail_after(config.connect_timeout + config.request_timeout):
         await store.check_bucket()
     await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
+    traits = None if config.read_only else await probe.learn_server(store, config)
     if config.abort_stale_uploads is not None:
         from .admin import abort_stale
 
@@ -85,6 +86,10 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         fs = S3Fs(config, store, nursery)
+        fs.uploads.adopt(traits)
+        # A server whose ETags are no MD5s has none to check reads against.
+        fs.read_budget.verify = config.verify_reads and (traits is None or
+                                                         traits.etags_are_md5)
         try:
             pyfuse3.init(fs, config.mountpoint, fuse_options(config))
         except RuntimeError as exc:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from s3mount.config import MiB
+from tests.conftest import Mount, get, keys, open_uploads, s3mount_cmd, start_mount
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedServer, s3_client
 
@@ -79,3 +83,69 @@ def test_proxy_flips_bits_hangs_and_lies_about_sizes(proxy: FaultProxy,
     with contextlib.suppress(botocore.exceptions.BotoCoreError):  # or answered on a retry
         c.head_object(Bucket=bucket, Key="k")
     assert time.monotonic() - t0 >= 1.5 and proxy.counts["hung"] == 1
+
+
+# -- a server whose ETags are not MD5s: known at mount start -------------------------------------
+
+
+def dd(src: Path, dst: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "status=none"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_non_md5_server_refused_at_mount_start(proxy: FaultProxy, s3server: SeaweedServer,
+                                               s3: Any, bucket: str, tmp_path: Path) -> None:
+    """AIStore-like: 16-hex-digit ETags, no encryption header, no checksums kept. Nothing could
+    verify a write, so a read-write mount does not start, and says why and what to do."""
+    proxy.non_md5_etags = proxy.strip_checksums = True
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([*s3mount_cmd(), bucket, str(mnt), "--endpoint-url", proxy.url],
+                       capture_output=True, text=True, timeout=120, env=os.environ)
+    assert r.returncode == 5 and not os.path.ismount(mnt)
+    (line,) = r.stderr.strip().splitlines()
+    assert "this server's ETags are not MD5s" in line and "came back" not in line
+    assert re.search(r"ETag '[0-9a-f]{16}' for a probe object whose MD5 is [0-9a-f]{32}", line)
+    assert "--read-only" in line and "--verify read-back" in line
+    assert keys(s3, bucket) == [] and proxy.counts["DELETE"] == 1  # the probe, removed
+    ro = start_mount(s3server, bucket, tmp_path / "ro", tmp_path / "ro.log", "--endpoint-url",
+                     proxy.url, "--read-only")  # reading needs no proof of writes
+    ro.unmount()
+
+
+def test_non_md5_server_with_read_back(mount_factory: Callable[..., Mount], proxy: FaultProxy,
+                                       s3: Any, bucket: str, tmp_path: Path) -> None:
+    """--verify read-back mounts the same server: dd and `echo > f` store verified objects,
+    each read back; a bit flipped while reading back fails close() and leaves nothing."""
+    proxy.non_md5_etags = proxy.strip_checksums = True
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--verify", "read-back")
+    assert "verified only by reading each object back" in m.log()
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(12 * MiB + 5))
+    gets = proxy.counts["GET"]
+    assert dd(src, m.path / "big.bin").returncode == 0
+    assert get(s3, bucket, "big.bin") == src.read_bytes()
+    assert proxy.counts["GET"] - gets >= 3  # 12 MiB read back in 4 MiB GETs
+    r = subprocess.run(["bash", "-c", f"echo hi > {m.path}/small"], timeout=60)
+    assert r.returncode == 0 and get(s3, bucket, "small") == b"hi\n"
+    m.allowed_errors.append("verification failed")
+    proxy.flip_gets = True
+    r = dd(src, m.path / "flipped.bin")
+    assert r.returncode != 0 and "Input/output error" in r.stderr
+    assert "flipped.bin" not in keys(s3, bucket) and open_uploads(s3, bucket) == []
+    assert "read back, part 1 has MD5" in m.log() and "came back" not in m.log()
+
+
+def test_non_md5_server_with_checksums(mount_factory: Callable[..., Mount], proxy: FaultProxy,
+                                       s3: Any, bucket: str, tmp_path: Path) -> None:
+    """ETags that are not MD5s, but checksums kept: uploads switch to CRC32C, said once."""
+    proxy.non_md5_etags = True
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(11 * MiB))
+    assert dd(src, m.path / "big.bin").returncode == 0
+    r = subprocess.run(["bash", "-c", f"echo hi > {m.path}/small"], timeout=60)
+    assert r.returncode == 0 and get(s3, bucket, "small") == b"hi\n"
+    assert get(s3, bucket, "big.bin") == src.read_bytes()
+    said = [x for x in m.log().splitlines() if "not MD5s" in x]
+    assert len(said) == 1 and "verified with CRC32C checksums instead" in said[0]

@@ -241,6 +241,7 @@ class ReadBudget:
         # no MD5s; the counts of what readers served and proved, for status and metrics.
         self.verify = True
         self.counts: collections.Counter[str] = collections.Counter()
+        self.hashers = trio.CapacityLimiter(2)
 
     def take(self, n: int, force: bool = False) -> mmap.mmap | None:
         """A buffer of at least `n` bytes, or None when it does not fit (unless `force`)."""

@@ -98,7 +98,8 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         stack.callback(_close_fuse)
         stack.push_async_callback(fs.shutdown)
         log.info("mounted s3://%s/%s on %s", config.bucket, config.prefix, config.mountpoint)
-        nursery.start_soon(_status_socket, config, fs, status_path)
+        nursery.start_soon(_status_socket, config, fs, store, status_path)
+        nursery.start_soon(store.watch_stalls)
         nursery.start_soon(_raise_kernel_readahead, config.mountpoint)
         ready()
         notify_systemd("READY=1")
@@ -153,13 +154,14 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-async def _status_socket(config: Config, fs: S3Fs, path: Path) -> None:
+async def _status_socket(config: Config, fs: S3Fs, store: S3Store, path: Path) -> None:
     """Serve `s3mount status`; a mount without it still works."""
     errors = status.RecentErrors()
     logging.getLogger().addHandler(errors)
     started = time.monotonic()  # status.snapshot compares it with time.monotonic()
     try:
-        await status.serve(path, lambda: status.snapshot(config, fs.uploads, started, errors))
+        await status.serve(path, lambda: status.snapshot(
+            config, fs.uploads, started, errors, fs.read_budget.counts, store.health))
     except OSError as exc:
         log.warning("no status socket at %s (%s): `s3mount status` will not answer", path,
                     exc)

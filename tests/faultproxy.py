@@ -202,7 +202,8 @@ class FaultProxy:
             headers = {k: v for k, v in headers.items()
                        if not k.lower().startswith("x-amz-checksum-")}
             data = _XML_CHECKSUM.sub(b"", data)
-        if h.command == "GET" and self.flip_gets and status in (200, 206) and data:
+        if self.flip_gets and request_kind(h.command, h.path) == "GET" and data and \
+                status in (200, 206):
             self._count("flipped")
             i = len(data) // 2
             data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]

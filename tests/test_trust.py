@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,8 +67,6 @@ def test_proxy_fakes_non_md5_etags_consistently(proxy: FaultProxy, s3server: Sea
 def test_proxy_flips_bits_hangs_and_lies_about_sizes(proxy: FaultProxy,
                                                      s3server: SeaweedServer, s3: Any,
                                                      bucket: str) -> None:
-    import time
-
     import botocore.exceptions
 
     s3.put_object(Bucket=bucket, Key="k", Body=b"\x00" * 10)
@@ -149,3 +150,100 @@ def test_non_md5_server_with_checksums(mount_factory: Callable[..., Mount], prox
     assert get(s3, bucket, "big.bin") == src.read_bytes()
     said = [x for x in m.log().splitlines() if "not MD5s" in x]
     assert len(said) == 1 and "verified with CRC32C checksums instead" in said[0]
+
+
+# -- verified reads --------------------------------------------------------------------------
+
+
+def status_doc(m: Mount) -> dict[str, Any]:
+    r = subprocess.run([*s3mount_cmd(), "status", str(m.path), "--json"], capture_output=True,
+                       text=True, timeout=30)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
+def test_flipped_bit_in_a_full_read_is_eio(mount_factory: Callable[..., Mount],
+                                           proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """A 3 MiB single-part object (ETag = MD5): a full read is hashed and compared; one bit
+    flipped on the way gives EIO on the read that completes it, one error line naming the
+    key, and a counter in status. --no-verify-reads turns it off (and the wrong bytes pass)."""
+    data = os.urandom(3 * MiB)
+    s3.put_object(Bucket=bucket, Key="obj.bin", Body=data)
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+    m.allowed_errors.append("do not match the object's MD5")
+    assert (m.path / "obj.bin").read_bytes() == data
+    proxy.flip_gets = True
+    r = subprocess.run(["cat", str(m.path / "obj.bin")], capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"Input/output error" in r.stderr
+    assert 0 < len(r.stdout) < len(data)  # the read that completes the object failed
+    said = [x for x in m.log().splitlines() if "do not match the object's MD5" in x]
+    assert len(said) == 1 and "obj.bin" in said[0] and " ERROR " in said[0]
+    reads = status_doc(m)["reads"]
+    assert reads["verified_objects"] == 1 and reads["failed_objects"] == 1
+    assert reads["verified_bytes"] == len(data)
+    assert "1 FAILED verification" in subprocess.run(
+        [*s3mount_cmd(), "status", str(m.path)], capture_output=True, text=True,
+        timeout=30).stdout
+    off = mount_factory(bucket, "--endpoint-url", proxy.url, "--no-verify-reads")
+    got = (off.path / "obj.bin").read_bytes()
+    assert len(got) == len(data) and got != data
+    assert status_doc(off)["reads"]["verified_objects"] == 0
+
+
+# -- stalls and lies -------------------------------------------------------------------------
+
+
+def test_hang_gives_one_warning_and_status_shows_the_stall(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="f", Body=b"y" * 1000)
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+    fd = os.open(m.path / "f", os.O_RDONLY)
+    got: list[bytes] = []
+    try:
+        proxy.hang_until = time.monotonic() + 10
+        t0 = time.monotonic()
+        reader = threading.Thread(target=lambda: got.append(os.pread(fd, 1000, 0)))
+        reader.start()
+        while True:  # the warning comes after 5 s
+            doc = status_doc(m)
+            if doc["s3"]["stalled"] or time.monotonic() - t0 > 9:
+                break
+            time.sleep(0.5)
+        (stalled,) = doc["s3"]["stalled"]
+        assert stalled["request"].startswith("GET f ") and stalled["waiting_s"] >= 5
+        assert doc["s3"]["waiting"] == 1 and doc["s3"]["oldest_wait_s"] >= 5
+        text = subprocess.run([*s3mount_cmd(), "status", str(m.path)], capture_output=True,
+                              text=True, timeout=30).stdout
+        assert "STALLED" in text and "GET f" in text
+        reader.join(60)
+    finally:
+        os.close(fd)
+    assert got == [b"y" * 1000] and time.monotonic() - t0 >= 10
+    log = m.log().splitlines()
+    warned = [x for x in log if "S3 stall: " in x]
+    assert len(warned) == 1 and "GET f " in warned[0]
+    assert re.search(r"not answered for 5\.\d s", warned[0])  # checked every 0.5 s
+    (over,) = [x for x in log if "S3 stall over" in x]
+    took = float(re.search(r"after ([0-9.]+) s", over).group(1))  # type: ignore[union-attr]
+    assert "answered" in over and 10 <= took < 40
+    h = status_doc(m)["s3"]
+    assert h["waiting"] == 0 and h["stalled"] == [] and h["stalls"] == 1
+    assert h["retries"].get("GET", 0) >= 1 and h["last_success_s_ago"] < 5
+
+
+def test_lying_head_fails_at_once(mount_factory: Callable[..., Mount], proxy: FaultProxy,
+                                  s3: Any, bucket: str) -> None:
+    """HEAD reports one byte more than the object has, ETag unchanged: EIO in under 5 s with
+    a line saying the object's size and its bytes disagree (it was retried for ~45 s)."""
+    s3.put_object(Bucket=bucket, Key="short.bin", Body=os.urandom(2 * MiB))
+    proxy.head_extra_bytes = 1
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+    m.allowed_errors.append("size and its bytes disagree")
+    assert os.stat(m.path / "short.bin").st_size == 2 * MiB + 1
+    t0 = time.monotonic()
+    r = subprocess.run(["cat", str(m.path / "short.bin")], capture_output=True, timeout=60)
+    assert time.monotonic() - t0 < 5
+    assert r.returncode == 1 and b"Input/output error" in r.stderr
+    said = [x for x in m.log().splitlines() if "size and its bytes disagree" in x]
+    assert len(said) == 1 and "short.bin" in said[0]
+    assert f"given as at least {2 * MiB + 1} bytes" in said[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import probe, status
+from . import metrics, probe, status
 from .config import Config
 from .errors import QuietError, StoreError
 from .fs import S3Fs
@@ -75,6 +75,7 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         await store.check_bucket()
     await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
     traits = None if config.read_only else await probe.learn_server(store, config)
+    listeners = await metrics.listen(config.metrics) if config.metrics else None
     if config.abort_stale_uploads is not None:
         from .admin import abort_stale
 
@@ -100,6 +101,10 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         log.info("mounted s3://%s/%s on %s", config.bucket, config.prefix, config.mountpoint)
         nursery.start_soon(_status_socket, config, fs, store, status_path)
         nursery.start_soon(store.watch_stalls)
+        if listeners is not None:
+            sources = metrics.Sources(fs.uploads, fs.read_budget, store.health, time.monotonic())
+            nursery.start_soon(metrics.serve, listeners, lambda: metrics.render(sources))
+            log.info("Prometheus metrics at http://%s/metrics", config.metrics)
         nursery.start_soon(_raise_kernel_readahead, config.mountpoint)
         ready()
         notify_systemd("READY=1")

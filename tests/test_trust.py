@@ -9,9 +9,12 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +250,78 @@ def test_lying_head_fails_at_once(mount_factory: Callable[..., Mount], proxy: Fa
     said = [x for x in m.log().splitlines() if "size and its bytes disagree" in x]
     assert len(said) == 1 and "short.bin" in said[0]
     assert f"given as at least {2 * MiB + 1} bytes" in said[0]
+
+
+# -- --metrics ---------------------------------------------------------------------------------
+
+HOLDER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+for i in range(12):
+    os.write(fd, bytes([i]) * (1 << 20))
+print("written", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"""
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_move_while_writing_and_reading(mount_factory: Callable[..., Mount], s3: Any,
+                                                bucket: str) -> None:
+    port = free_port()
+    m = mount_factory(bucket, "--metrics", f"127.0.0.1:{port}")
+    first = scrape(port)
+    assert first["s3mount_written_bytes_total"] == 0
+    assert first["s3mount_uploads_in_flight"] == 0
+    assert first['s3mount_write_memory_bytes{state="budget"}'] > 0
+    writer = subprocess.Popen([sys.executable, "-c", HOLDER, str(m.path / "big.bin")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    try:
+        assert writer.stdout.readline() == "written\n"
+        deadline = time.monotonic() + 30
+        while (during := scrape(port))["s3mount_parts_uploaded_total"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert during["s3mount_written_bytes_total"] == 12 * MiB
+        assert during["s3mount_uploads_in_flight"] == 1
+        assert during['s3mount_write_memory_bytes{state="used"}'] > 0
+        assert during['s3mount_s3_request_duration_seconds_count{kind="PART"}'] == 2
+    finally:
+        writer.communicate("close\n", timeout=60)
+    assert writer.returncode == 0
+    (m.path / "small.txt").write_bytes(b"small and single-part\n")
+    after = scrape(port)
+    assert after['s3mount_uploads_total{result="verified"}'] == 2
+    assert after["s3mount_uploaded_bytes_total"] == 12 * MiB + 22
+    assert after["s3mount_uploads_in_flight"] == 0
+    assert after['s3mount_s3_requests_total{kind="PUT"}'] >= 1
+    assert after['s3mount_s3_request_duration_seconds_bucket{kind="PART",le="+Inf"}'] == 3
+    assert (m.path / "big.bin").read_bytes() == get(s3, bucket, "big.bin")
+    assert (m.path / "small.txt").read_bytes() == b"small and single-part\n"
+    read = scrape(port)
+    assert read["s3mount_read_objects_total"] == 2
+    assert read["s3mount_read_bytes_total"] == 12 * MiB + 22
+    # The multipart object's parts are not proven by its ETag; the single-part one is.
+    assert read['s3mount_read_verified_objects_total{result="ok"}'] == 1
+    assert read["s3mount_read_verified_bytes_total"] == 22
+    assert read['s3mount_s3_requests_total{kind="GET"}'] > after.get(
+        's3mount_s3_requests_total{kind="GET"}', 0)
+    assert read["s3mount_s3_last_success_timestamp_seconds"] > time.time() - 60

@@ -242,6 +242,7 @@ class ReadBudget:
         self.verify = True
         self.counts: collections.Counter[str] = collections.Counter()
         self.hashers = trio.CapacityLimiter(2)
+        self.part_sizes = True  # until the server shows it cannot tell them (HEAD partNumber)
 
     def take(self, n: int, force: bool = False) -> mmap.mmap | None:
         """A buffer of at least `n` bytes, or None when it does not fit (unless `force`)."""

@@ -47,11 +47,14 @@ def etag_is_md5(encryption: str | None, etag: str | None = None) -> bool:
     return (encryption or "").lower() not in {e.lower() for e in NON_MD5_ENCRYPTION}
 
 
-def single_part_md5(etag: str) -> bytes | None:
-    """The MD5 of an object's bytes, if its ETag is that of one PutObject (32 hex digits);
-    None for a multipart ETag or any other shape."""
+def verifiable_parts(etag: str) -> int | None:
+    """How many part MD5s make ``etag``: 1 for a PutObject's (32 hex digits), N for a
+    multipart upload's (``...-N``); None when it has no MD5 shape."""
     etag = normalize_etag(etag)
-    return bytes.fromhex(etag) if len(etag) == 32 and md5_shaped(etag) else None
+    if not md5_shaped(etag):
+        return None
+    _, dash, n = etag.partition("-")
+    return int(n) if dash else 1
 
 
 def single_etag(digest: bytes) -> str:

@@ -8,11 +8,12 @@ from the shared `ReadBudget` (buffers.py), which bounds prefetching across all r
 read is waiting for are always fetched, budget or not. A chunk's buffer goes back only once its
 GET has ended, so a discarded chunk still being fetched counts against the budget.
 
-Verified reads: when the object's ETag is the MD5 of its bytes (one PutObject: 32 hex digits)
-and the reads go from offset 0 to the end in order, the bytes served are hashed as they go (in
-a worker thread, behind the reads) and compared at the end; a mismatch fails the read that
-completes the object with EIO. Re-reads of bytes already hashed are fine; a read that skips
-ahead ends the verification of that pass (counted as unverified).
+Verified reads: when the object's ETag is an MD5 (one PutObject: the MD5 of its bytes; a
+multipart upload: the MD5 of its parts' MD5s, with the part sizes asked of S3 by HEAD
+partNumber=N) and the reads go from offset 0 to the end in order, the bytes served are hashed
+as they go (in a worker thread, behind the reads) and compared at the end; a mismatch fails
+the read that completes the object with EIO. Re-reads of bytes already hashed are fine; a read
+that skips ahead ends the verification of that pass (counted as unverified).
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import hashlib
 import logging
 import mmap
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from .buffers import ReadBudget
 from .config import MiB
-from .errors import IntegrityError, SizeMismatch
-from .etag import etag_is_md5, single_part_md5
+from .errors import IntegrityError, SizeMismatch, StoreError
+from .etag import etag_is_md5, multipart_etag, verifiable_parts
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -39,36 +41,72 @@ MAX_CHUNK = 8 * MiB
 VERIFY_QUEUE = 8  # reads served but not yet hashed, per reader, before reads wait
 
 
-def _update(md5: hashlib._Hash, views: list[memoryview]) -> None:
-    for view in views:
+def _hash_segments(segments: list[tuple[hashlib._Hash, memoryview]]) -> None:
+    for md5, view in segments:
         md5.update(view)
 
 
 class _Verifier:
-    """The MD5 of the bytes one reader serves from offset 0 on, hashed in a worker thread
-    while the reads go on (MD5 runs at ~600 MB/s per core: not on the event loop)."""
+    """The MD5s of the parts of what one reader serves from offset 0 on, hashed in a worker
+    thread while the reads go on (MD5 runs at ~600 MB/s per core: not on the event loop).
+    `part_size(n)` gives part n's size (None: unknown, so nothing can be verified)."""
 
-    def __init__(self, want: bytes, nursery: trio.Nursery, limiter: trio.CapacityLimiter
-                 ) -> None:
-        self.want = want
+    def __init__(self, etag: str, parts: int, part_size: Callable[[int], Awaitable[int | None]],
+                 nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
+        self.etag, self.parts, self.part_size = etag, parts, part_size
         self.pos = 0  # bytes handed to the hasher
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.digests: list[bytes] = []
+        self.hashed = 0
+        self.unknown = False  # a part size could not be had
         self.send, recv = trio.open_memory_channel[memoryview](VERIFY_QUEUE)
         self.finished = trio.Event()
         nursery.start_soon(self._hash, recv, limiter)
 
     async def _hash(self, recv: trio.MemoryReceiveChannel[memoryview],
                     limiter: trio.CapacityLimiter) -> None:
+        md5, left = hashlib.md5(usedforsecurity=False), 0  # the part being hashed
         try:
             async with recv:
-                async for view in recv:
-                    batch = [view]
+                async for first in recv:
+                    batch = [first]
                     with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                         while len(batch) < VERIFY_QUEUE:
                             batch.append(recv.receive_nowait())
-                    await trio.to_thread.run_sync(_update, self.md5, batch, limiter=limiter)
+                    if self.unknown:
+                        continue  # drain: the reads go on, unverified
+                    segments: list[tuple[hashlib._Hash, memoryview]] = []
+                    ends: list[hashlib._Hash] = []
+                    for view in batch:
+                        while view and not self.unknown:
+                            if left == 0:
+                                size = await self._next_size(len(self.digests) + len(ends) + 1)
+                                if size is None:
+                                    break
+                                md5, left = hashlib.md5(usedforsecurity=False), size
+                            take = min(left, len(view))
+                            segments.append((md5, view[:take]))
+                            view, left = view[take:], left - take
+                            if left == 0:
+                                ends.append(md5)
+                    await trio.to_thread.run_sync(_hash_segments, segments, limiter=limiter)
+                    self.digests += [m.digest() for m in ends]
+                    self.hashed += sum(len(v) for _, v in segments)
         finally:
             self.finished.set()
+
+    async def _next_size(self, number: int) -> int | None:
+        size = None if number > self.parts else await self.part_size(number)
+        if not size:
+            self.unknown = True
+        return size
+
+    def result(self) -> str | None:
+        """The ETag the bytes served have, if every part was hashed whole; else None."""
+        if self.unknown or len(self.digests) != self.parts or self.hashed != self.pos:
+            return None
+        if self.parts == 1 and "-" not in self.etag:
+            return self.digests[0].hex()
+        return multipart_etag(self.digests)
 
     def abandon(self) -> None:
         self.send.close()
@@ -103,7 +141,7 @@ class Reader:
         budget.readers += 1
         budget.counts["objects_opened"] += 1
         self.closed = False
-        self.want = single_part_md5(etag) if budget.verify else None
+        self.parts = verifiable_parts(etag) if budget.verify else None
         self.verifier: _Verifier | None = None
         # Set once the bytes failed verification: the kernel retries a failed read-ahead with
         # a smaller read at its offset, which must fail too (on this handle, until reopened).
@@ -136,7 +174,7 @@ class Reader:
                 raise
             self.last_end = end
             self.budget.counts["bytes_read"] += len(data)
-            if self.want is not None:
+            if self.parts is not None:
                 await self._verify(off, data)
             return data
 
@@ -147,7 +185,8 @@ class Reader:
         if v is None:
             if off != 0:
                 return
-            v = self.verifier = _Verifier(self.want or b"", self.nursery, self.budget.hashers)
+            v = self.verifier = _Verifier(self.etag, self.parts or 1, self._part_size,
+                                          self.nursery, self.budget.hashers)
         end = off + len(data)
         if end <= v.pos:
             return  # bytes hashed already: a re-read
@@ -162,11 +201,33 @@ class Reader:
         self.verifier = None
         v.send.close()
         await v.finished.wait()
-        if v.md5.digest() == v.want:
+        got = v.result()
+        if got is None:
+            self.budget.counts["unverified_passes"] += 1
+        elif got == self.etag:
             self.budget.counts["verified_objects"] += 1
             self.budget.counts["verified_bytes"] += self.size
-            return
-        await self._mismatch(v.md5.hexdigest())
+        else:
+            await self._mismatch(got)
+
+    async def _part_size(self, number: int) -> int | None:
+        """Size of part `number`: the whole object for a single-part one; else asked of S3
+        (HEAD partNumber=N), since a schedule of our own would prove nothing."""
+        if "-" not in self.etag:
+            return self.size
+        if not self.budget.part_sizes:
+            return None
+        try:
+            size = await self.store.part_size(self.key, number, self.etag)
+        except StoreError as exc:
+            log.debug("%s: part %d's size unknown (%s): this read is not verified", self.key,
+                      number, exc)
+            return None
+        if size is None and self.budget.part_sizes:
+            self.budget.part_sizes = False
+            log.info("this server does not tell the part sizes of multipart objects (HEAD "
+                     "partNumber): reads of multipart objects are not verified")
+        return size
 
     async def _mismatch(self, got: str) -> None:
         info = await self.store.head(self.key)
@@ -178,8 +239,8 @@ class Reader:
             return
         self.budget.counts["failed_objects"] += 1
         self.failed = (
-            f"{self.key}: the {self.size} bytes read do not match the object's MD5 (its ETag "
-            f"is {self.etag}; they hash to {got}): S3 or the network delivered wrong bytes; "
+            f"{self.key}: the {self.size} bytes read do not match the object's MD5s (its ETag "
+            f"is {self.etag}; they give {got}): S3 or the network delivered wrong bytes; "
             "open and read the file again")
         raise IntegrityError(self.failed)
 

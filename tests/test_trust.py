@@ -173,13 +173,13 @@ def test_flipped_bit_in_a_full_read_is_eio(mount_factory: Callable[..., Mount],
     data = os.urandom(3 * MiB)
     s3.put_object(Bucket=bucket, Key="obj.bin", Body=data)
     m = mount_factory(bucket, "--endpoint-url", proxy.url)
-    m.allowed_errors.append("do not match the object's MD5")
+    m.allowed_errors.append("do not match the object's MD5s")
     assert (m.path / "obj.bin").read_bytes() == data
     proxy.flip_gets = True
     r = subprocess.run(["cat", str(m.path / "obj.bin")], capture_output=True, timeout=60)
     assert r.returncode == 1 and b"Input/output error" in r.stderr
     assert 0 < len(r.stdout) < len(data)  # the read that completes the object failed
-    said = [x for x in m.log().splitlines() if "do not match the object's MD5" in x]
+    said = [x for x in m.log().splitlines() if "do not match the object's MD5s" in x]
     assert len(said) == 1 and "obj.bin" in said[0] and " ERROR " in said[0]
     reads = status_doc(m)["reads"]
     assert reads["verified_objects"] == 1 and reads["failed_objects"] == 1
@@ -319,9 +319,37 @@ def test_metrics_move_while_writing_and_reading(mount_factory: Callable[..., Mou
     read = scrape(port)
     assert read["s3mount_read_objects_total"] == 2
     assert read["s3mount_read_bytes_total"] == 12 * MiB + 22
-    # The multipart object's parts are not proven by its ETag; the single-part one is.
-    assert read['s3mount_read_verified_objects_total{result="ok"}'] == 1
-    assert read["s3mount_read_verified_bytes_total"] == 22
+    # Both whole reads proven: the multipart one with its part sizes asked of S3.
+    assert read['s3mount_read_verified_objects_total{result="ok"}'] == 2
+    assert read["s3mount_read_verified_bytes_total"] == 12 * MiB + 22
     assert read['s3mount_s3_requests_total{kind="GET"}'] > after.get(
         's3mount_s3_requests_total{kind="GET"}', 0)
     assert read["s3mount_s3_last_success_timestamp_seconds"] > time.time() - 60
+
+
+def test_multipart_full_read_verified_with_part_sizes_from_s3(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """A multipart object with parts of 5 MiB and 7 MiB + 3 (not the mount's schedule): its
+    part sizes come from HEAD partNumber=N, and a full read is proven against its ETag; a
+    flipped bit in the second part gives EIO."""
+    data = os.urandom(12 * MiB + 3)
+    up = s3.create_multipart_upload(Bucket=bucket, Key="multi.bin")["UploadId"]
+    parts = []
+    for n, (a, b) in enumerate(((0, 5 * MiB), (5 * MiB, len(data))), 1):
+        r = s3.upload_part(Bucket=bucket, Key="multi.bin", UploadId=up, PartNumber=n,
+                           Body=data[a:b])
+        parts.append({"PartNumber": n, "ETag": r["ETag"]})
+    s3.complete_multipart_upload(Bucket=bucket, Key="multi.bin", UploadId=up,
+                                 MultipartUpload={"Parts": parts})
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+    m.allowed_errors.append("do not match the object's MD5s")
+    assert (m.path / "multi.bin").read_bytes() == data
+    reads = status_doc(m)["reads"]
+    assert reads["verified_objects"] == 1 and reads["verified_bytes"] == len(data)
+    assert proxy.counts["HEAD"] >= 2  # the part sizes, asked of S3
+    proxy.flip_gets = True
+    r = subprocess.run(["cat", str(m.path / "multi.bin")], capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"Input/output error" in r.stderr
+    said = [x for x in m.log().splitlines() if "do not match the object's MD5s" in x]
+    assert len(said) == 1 and "multi.bin" in said[0] and "-2" in said[0]
+    assert status_doc(m)["reads"]["failed_objects"] == 1

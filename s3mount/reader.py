@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 INITIAL_WINDOW = 1 * MiB
 MAX_CHUNK = 8 * MiB
-VERIFY_QUEUE = 8  # reads served but not yet hashed, per reader, before reads wait
+# Reads served but not yet hashed, per reader, before reads wait: their bytes stay alive until
+# hashed (at most this many read replies, 1 MiB each, beyond --read-memory).
+VERIFY_QUEUE = 4
 
 
 def _hash_segments(segments: list[tuple[hashlib._Hash, memoryview]]) -> None:
@@ -91,6 +93,9 @@ class _Verifier:
                     await trio.to_thread.run_sync(_hash_segments, segments, limiter=limiter)
                     self.digests += [m.digest() for m in ends]
                     self.hashed += sum(len(v) for _, v in segments)
+        except Exception:  # a background task must not take the mount down
+            log.exception("verifying a read failed unexpectedly; that read is not verified")
+            self.unknown = True
         finally:
             self.finished.set()
 
@@ -194,7 +199,11 @@ class Reader:
             self.budget.counts["unverified_passes"] += 1
             self._stop_verifying()
             return
-        await v.send.send(memoryview(data)[v.pos - off:])
+        try:
+            await v.send.send(memoryview(data)[v.pos - off:])
+        except trio.BrokenResourceError:  # the hashing task ended (logged there)
+            self._stop_verifying()
+            return
         v.pos = end
         if v.pos < self.size:
             return

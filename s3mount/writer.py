@@ -367,7 +367,10 @@ class Upload:
             md5 = hashlib.md5(usedforsecurity=False)
             for start in range(pos, pos + size, len(buf)):
                 view = buf[:min(len(buf), pos + size - start)]
-                await self.store.get_range(self.key, start, view, etag)
+                try:
+                    await self.store.get_range(self.key, start, view, etag)
+                except StoreError as exc:  # unproven: it must not stay as if it were
+                    await self._remove_bad_object(f"it could not be read back: {exc}")
                 await trio.to_thread.run_sync(md5.update, view, limiter=self.mgr.hashers)
             pos += size
             if md5.digest() != want:
@@ -454,10 +457,10 @@ class Uploads:
             algo = self.algorithm()
             why = (f"objects are stored with {encryption} encryption" if encryption else
                    f"it answered ETag {etag}")
-            how = (f"{algo.s3_name} checksums" if algo else
-                   "reading each object back" if self.read_back else "nothing")
-            log.warning("bucket %s: %s (%s): uploads are verified with %s instead",
-                        self.bucket, NOT_MD5, why, how)
+            how = (f"uploads are verified with {algo.s3_name} checksums instead" if algo else
+                   "uploads are verified by reading each object back" if self.read_back else
+                   f"nothing can verify uploads: {ADVICE}")
+            log.warning("bucket %s: %s (%s): %s", self.bucket, NOT_MD5, why, how)
         return False
 
     def start(self, key: str, node: Node) -> Upload:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -353,3 +354,55 @@ def test_multipart_full_read_verified_with_part_sizes_from_s3(
     said = [x for x in m.log().splitlines() if "do not match the object's MD5s" in x]
     assert len(said) == 1 and "multi.bin" in said[0] and "-2" in said[0]
     assert status_doc(m)["reads"]["failed_objects"] == 1
+
+
+# -- level 1: the shapes and decisions behind the above -----------------------------------------
+
+
+def test_etag_shapes() -> None:
+    from s3mount.etag import etag_is_md5, md5_shaped, verifiable_parts
+
+    md5 = hashlib.md5(b"x").hexdigest()
+    assert md5_shaped(md5) and md5_shaped(md5 + "-12")
+    assert not md5_shaped("d8544b05c512320c") and not md5_shaped(md5 + "-") and \
+        not md5_shaped(md5.upper())
+    assert etag_is_md5(None, f'"{md5}"') and not etag_is_md5(None, '"d8544b05c512320c"')
+    assert not etag_is_md5("aws:kms", md5) and etag_is_md5("AES256", md5)
+    assert verifiable_parts(md5) == 1 and verifiable_parts(md5 + "-3") == 3
+    assert verifiable_parts("d8544b05c512320c") is None
+
+
+def test_probe_decisions() -> None:
+    from s3mount.checksum import get as algorithm
+    from s3mount.config import Config
+    from s3mount.errors import QuietError
+    from s3mount.probe import PROBE_BODY, decide, traits_of
+    from s3mount.store import Sent
+
+    algo = algorithm("crc32c")
+    md5 = hashlib.md5(PROBE_BODY).digest()
+    want = algo.part(PROBE_BODY)
+    cfg = Config(bucket="bkt", mountpoint="/m")
+    good = traits_of(Sent(md5.hex()), md5, algo, want)
+    assert good.etags_are_md5 and not good.checksums
+    decide(cfg, good)
+    kms = traits_of(Sent(hashlib.md5(b"other").hexdigest(), want, "aws:kms"), md5, algo, want)
+    assert not kms.etags_are_md5 and kms.checksums
+    decide(cfg, kms)  # checksums prove uploads
+    xx = traits_of(Sent("d8544b05c512320c"), md5, algo, want)
+    assert not xx.provable
+    with pytest.raises(QuietError) as err:
+        decide(cfg, xx)
+    assert err.value.exitcode == 5 and "\n" not in err.value.message
+    assert "this server's ETags are not MD5s" in err.value.message
+    assert "--verify read-back" in err.value.message and "--read-only" in err.value.message
+    decide(dataclasses.replace(cfg, verify="read-back"), xx)  # reading back proves them
+
+
+def test_probe_objects_are_hidden_at_the_root() -> None:
+    from s3mount.keys import PROBE_PREFIX, KeyMap
+
+    km = KeyMap("pre/")
+    assert km.child_name("", "pre/" + PROBE_PREFIX + "0123abcd") is None
+    assert km.child_name("", "pre/.s3mount-probe") == ".s3mount-probe"  # not the prefix
+    assert km.child_name("d", "pre/d/" + PROBE_PREFIX + "x") == PROBE_PREFIX + "x"

@@ -378,10 +378,12 @@ def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[
         "| outcome | count |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
         f"Elapsed {elapsed:.0f} s; peak RSS of the mount over the whole soak {hwm:.0f} MiB. "
         "What the README says to expect: about 60 MiB for the process at idle, `--max-memory` "
-        "24 MiB, `--read-memory` 128 MiB, and up to 1 MiB per file operation in flight "
+        "24 MiB, `--read-memory` 128 MiB, up to 1 MiB per file operation in flight "
         f"({args.writers + args.readers} processes here, a reader with up to two requests "
-        f"once the kernel reads ahead: about {args.writers + 2 * args.readers} MiB), so "
-        f"about {60 + 24 + 128 + args.writers + 2 * args.readers} MiB.", "",
+        f"once the kernel reads ahead: about {args.writers + 2 * args.readers} MiB), and up "
+        "to 4 MiB of read replies per file waiting to be hashed by verified reads "
+        f"({4 * args.readers} MiB), so about "
+        f"{60 + 24 + 128 + args.writers + 6 * args.readers} MiB.", "",
         "## Trust: faults only a checksum or a clock can catch", "",
         "Run after the mix, on objects it wrote, with no other fault injected.", "",
         "| fault | outcome |", "|---|---|", *[f"| {k} | {v} |" for k, v in trust], "",

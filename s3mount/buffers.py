@@ -237,9 +237,10 @@ class ReadBudget:
         self.peak = 0
         self.readers = 0  # open readers; with none, kept buffers are unmapped
         self.kept = KeptBuffers()
-        # Verified reads (reader.py): on unless --no-verify-reads or a server whose ETags are
-        # no MD5s; the counts of what readers served and proved, for status and metrics.
+        # Verified reads (reader.py): on unless --no-verify-reads; the counts of what readers
+        # served and proved, for status and metrics.
         self.verify = True
+        self.md5_etags = True  # False: the probe (or an SSE-KMS object) showed they are not
         self.counts: collections.Counter[str] = collections.Counter()
         self.hashers = trio.CapacityLimiter(2)
         self.part_sizes = True  # until the server shows it cannot tell them (HEAD partNumber)

@@ -88,9 +88,9 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         nursery = await stack.enter_async_context(trio.open_nursery())
         fs = S3Fs(config, store, nursery)
         fs.uploads.adopt(traits)
-        # A server whose ETags are no MD5s has none to check reads against.
-        fs.read_budget.verify = config.verify_reads and (traits is None or
-                                                         traits.etags_are_md5)
+        fs.read_budget.verify = config.verify_reads
+        # A server whose ETags are no MD5s: reads are proven by the checksums it keeps.
+        fs.read_budget.md5_etags = traits is None or traits.etags_are_md5
         try:
             pyfuse3.init(fs, config.mountpoint, fuse_options(config))
         except RuntimeError as exc:

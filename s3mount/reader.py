@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 
 import trio
 
+from . import checksum
 from .buffers import ReadBudget
+from .checksum import Hasher
 from .config import MiB
 from .errors import IntegrityError, SizeMismatch, StoreError
 from .etag import etag_is_md5, multipart_etag, verifiable_parts
-from .store import Store
+from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,55 +45,100 @@ MAX_CHUNK = 8 * MiB
 VERIFY_QUEUE = 4
 
 
-def _hash_segments(segments: list[tuple[hashlib._Hash, memoryview]]) -> None:
-    for md5, view in segments:
-        md5.update(view)
+def _hash_segments(segments: list[tuple[Hasher, memoryview]]) -> None:
+    for hasher, view in segments:
+        hasher.update(view)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one pass is proven against: `parts` pieces, each hashed by `new`, which
+    `combine` turns into a value that must equal `expected`."""
+
+    expected: str
+    parts: int
+    new: Callable[[], Hasher]
+    combine: Callable[[list[bytes]], str]
+    what: str  # for messages: "MD5s (its ETag is ...)"
+
+
+def _md5_plan(etag: str, parts: int) -> _Plan:
+    def combine(digests: list[bytes]) -> str:
+        return digests[0].hex() if "-" not in etag else multipart_etag(digests)
+    return _Plan(etag, parts, lambda: hashlib.md5(usedforsecurity=False), combine,
+                 f"MD5s (its ETag is {etag})")
+
+
+def _checksum_plan(info: ObjectInfo) -> _Plan | None:
+    """The plan for an object S3 keeps an additional checksum of (HEAD with ChecksumMode):
+    `b64` of the whole object, or `b64-N` composed of its N parts' checksums."""
+    if info.checksum is None or info.checksum_algorithm is None:
+        return None
+    algo = checksum.get(info.checksum_algorithm)
+    _, dash, n = info.checksum.partition("-")
+    if dash and not n.isdigit():
+        return None
+    parts = int(n) if dash else 1
+
+    def combine(digests: list[bytes]) -> str:
+        sums = [checksum.b64(d) for d in digests]
+        return sums[0] if not dash else algo.composite(sums)
+    return _Plan(info.checksum, parts, algo.hasher, combine,
+                 f"{algo.s3_name} checksum (S3 keeps {info.checksum})")
 
 
 class _Verifier:
-    """The MD5s of the parts of what one reader serves from offset 0 on, hashed in a worker
-    thread while the reads go on (MD5 runs at ~600 MB/s per core: not on the event loop).
-    `part_size(n)` gives part n's size (None: unknown, so nothing can be verified)."""
+    """The digests of the parts of what one reader serves from offset 0 on, hashed in a
+    worker thread while the reads go on (MD5 runs at ~600 MB/s per core: not on the event
+    loop). `plan()` says what to compare with (None: nothing), `part_size(n, parts)` gives
+    part n's size (None: unknown, so nothing can be verified)."""
 
-    def __init__(self, etag: str, parts: int, part_size: Callable[[int], Awaitable[int | None]],
+    def __init__(self, plan: Callable[[], Awaitable[_Plan | None]],
+                 part_size: Callable[[int, int], Awaitable[int | None]],
                  nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
-        self.etag, self.parts, self.part_size = etag, parts, part_size
+        self.part_size = part_size
+        self.plan: _Plan | None = None
         self.pos = 0  # bytes handed to the hasher
         self.digests: list[bytes] = []
         self.hashed = 0
-        self.unknown = False  # a part size could not be had
+        self.unknown = False  # no plan, or a part size could not be had
         self.send, recv = trio.open_memory_channel[memoryview](VERIFY_QUEUE)
         self.finished = trio.Event()
-        nursery.start_soon(self._hash, recv, limiter)
+        nursery.start_soon(self._hash, plan, recv, limiter)
 
-    async def _hash(self, recv: trio.MemoryReceiveChannel[memoryview],
+    async def _hash(self, plan: Callable[[], Awaitable[_Plan | None]],
+                    recv: trio.MemoryReceiveChannel[memoryview],
                     limiter: trio.CapacityLimiter) -> None:
-        md5, left = hashlib.md5(usedforsecurity=False), 0  # the part being hashed
+        left = 0  # bytes of the part being hashed still to come
         try:
             async with recv:
+                self.plan = await plan()
+                self.unknown = self.plan is None
+                hasher: Hasher | None = None
                 async for first in recv:
                     batch = [first]
                     with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                         while len(batch) < VERIFY_QUEUE:
                             batch.append(recv.receive_nowait())
-                    if self.unknown:
+                    if self.unknown or self.plan is None:
                         continue  # drain: the reads go on, unverified
-                    segments: list[tuple[hashlib._Hash, memoryview]] = []
-                    ends: list[hashlib._Hash] = []
+                    segments: list[tuple[Hasher, memoryview]] = []
+                    ends: list[Hasher] = []
                     for view in batch:
                         while view and not self.unknown:
                             if left == 0:
                                 size = await self._next_size(len(self.digests) + len(ends) + 1)
                                 if size is None:
                                     break
-                                md5, left = hashlib.md5(usedforsecurity=False), size
+                                hasher, left = self.plan.new(), size
+                            assert hasher is not None
                             take = min(left, len(view))
-                            segments.append((md5, view[:take]))
+                            segments.append((hasher, view[:take]))
                             view, left = view[take:], left - take
                             if left == 0:
-                                ends.append(md5)
+                                ends.append(hasher)
                     await trio.to_thread.run_sync(_hash_segments, segments, limiter=limiter)
-                    self.digests += [m.digest() for m in ends]
+                    self.digests += [h.digest() for h in ends]
                     self.hashed += sum(len(v) for _, v in segments)
         except Exception:  # a background task must not take the mount down
             log.exception("verifying a read failed unexpectedly; that read is not verified")
@@ -100,18 +147,19 @@ class _Verifier:
             self.finished.set()
 
     async def _next_size(self, number: int) -> int | None:
-        size = None if number > self.parts else await self.part_size(number)
+        assert self.plan is not None
+        parts = self.plan.parts
+        size = None if number > parts else await self.part_size(number, parts)
         if not size:
             self.unknown = True
         return size
 
     def result(self) -> str | None:
-        """The ETag the bytes served have, if every part was hashed whole; else None."""
-        if self.unknown or len(self.digests) != self.parts or self.hashed != self.pos:
+        """What the bytes served give, if every part was hashed whole; else None."""
+        if (self.unknown or self.plan is None or len(self.digests) != self.plan.parts
+                or self.hashed != self.pos):
             return None
-        if self.parts == 1 and "-" not in self.etag:
-            return self.digests[0].hex()
-        return multipart_etag(self.digests)
+        return self.plan.combine(self.digests)
 
     def abandon(self) -> None:
         self.send.close()
@@ -146,7 +194,9 @@ class Reader:
         budget.readers += 1
         budget.counts["objects_opened"] += 1
         self.closed = False
-        self.parts = verifiable_parts(etag) if budget.verify else None
+        # A pass is proven by the ETag when it is made of MD5s, else by an additional
+        # checksum if S3 keeps one (asked when a pass starts).
+        self.md5_parts = verifiable_parts(etag) if budget.md5_etags else None
         self.verifier: _Verifier | None = None
         # Set once the bytes failed verification: the kernel retries a failed read-ahead with
         # a smaller read at its offset, which must fail too (on this handle, until reopened).
@@ -179,7 +229,7 @@ class Reader:
                 raise
             self.last_end = end
             self.budget.counts["bytes_read"] += len(data)
-            if self.parts is not None:
+            if self.budget.verify:
                 await self._verify(off, data)
             return data
 
@@ -190,8 +240,8 @@ class Reader:
         if v is None:
             if off != 0:
                 return
-            v = self.verifier = _Verifier(self.etag, self.parts or 1, self._part_size,
-                                          self.nursery, self.budget.hashers)
+            v = self.verifier = _Verifier(self._plan, self._part_size, self.nursery,
+                                          self.budget.hashers)
         end = off + len(data)
         if end <= v.pos:
             return  # bytes hashed already: a re-read
@@ -211,18 +261,30 @@ class Reader:
         v.send.close()
         await v.finished.wait()
         got = v.result()
-        if got is None:
+        if got is None or v.plan is None:
             self.budget.counts["unverified_passes"] += 1
-        elif got == self.etag:
+        elif got == v.plan.expected:
             self.budget.counts["verified_objects"] += 1
             self.budget.counts["verified_bytes"] += self.size
         else:
-            await self._mismatch(got)
+            await self._mismatch(v.plan, got)
 
-    async def _part_size(self, number: int) -> int | None:
-        """Size of part `number`: the whole object for a single-part one; else asked of S3
-        (HEAD partNumber=N), since a schedule of our own would prove nothing."""
-        if "-" not in self.etag:
+    async def _plan(self) -> _Plan | None:
+        if self.md5_parts is not None:
+            return _md5_plan(self.etag, self.md5_parts)
+        try:
+            info = await self.store.head(self.key, checksum=True)
+        except StoreError as exc:
+            log.debug("%s: no checksum to verify this read against (%s)", self.key, exc)
+            return None
+        if info is None or info.etag != self.etag:
+            return None  # gone or replaced: the reads pinned to the ETag will say so
+        return _checksum_plan(info)
+
+    async def _part_size(self, number: int, parts: int) -> int | None:
+        """Size of part `number` of `parts`: the whole object for a single-part one; else
+        asked of S3 (HEAD partNumber=N), since a schedule of our own would prove nothing."""
+        if parts == 1:
             return self.size
         if not self.budget.part_sizes:
             return None
@@ -238,19 +300,22 @@ class Reader:
                      "partNumber): reads of multipart objects are not verified")
         return size
 
-    async def _mismatch(self, got: str) -> None:
-        info = await self.store.head(self.key)
-        if info is not None and not etag_is_md5(info.encryption):  # SSE-KMS: no MD5 after all
-            if self.budget.verify:
-                log.warning("%s is stored with %s encryption: its ETag is not an MD5, so "
-                            "reads on this mount are not verified", self.key, info.encryption)
-            self.budget.verify = False
-            return
+    async def _mismatch(self, plan: _Plan, got: str) -> None:
+        if self.md5_parts is not None:
+            info = await self.store.head(self.key)
+            if info is not None and not etag_is_md5(info.encryption):  # SSE-KMS: no MD5s
+                if self.budget.md5_etags:
+                    log.warning("%s is stored with %s encryption: its ETag is not an MD5, so "
+                                "reads on this mount are verified only by checksums S3 keeps",
+                                self.key, info.encryption)
+                self.budget.md5_etags = False
+                self.budget.counts["unverified_passes"] += 1
+                return
         self.budget.counts["failed_objects"] += 1
         self.failed = (
-            f"{self.key}: the {self.size} bytes read do not match the object's MD5s (its ETag "
-            f"is {self.etag}; they give {got}): S3 or the network delivered wrong bytes; "
-            "open and read the file again")
+            f"{self.key}: the {self.size} bytes read do not match the object's {plan.what}; "
+            f"they give {got}: S3 or the network delivered wrong bytes; open and read the "
+            "file again")
         raise IntegrityError(self.failed)
 
     def _stop_verifying(self) -> None:

@@ -74,6 +74,7 @@ class ObjectInfo:
     etag: str  # without quotes
     checksum: str | None = None  # additional checksum, when asked for and stored
     encryption: str | None = None  # x-amz-server-side-encryption, or "SSE-C"
+    checksum_algorithm: str | None = None  # our name of `checksum`'s algorithm ("crc32c")
 
 
 @dataclass(frozen=True)
@@ -422,9 +423,10 @@ class S3Store:
             r = await self._read_call(f"HEAD {key}", call)
         except NoSuchKey:
             return None
-        stored = next((str(r[a.field]) for a in ALGORITHMS.values() if r.get(a.field)), None)
+        algo = next((a for a in ALGORITHMS.values() if r.get(a.field)), None)
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
-                          strip_etag(r.get("ETag", "")), stored, _encryption(r))
+                          strip_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
+                          _encryption(r), algo.name if algo else None)
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:

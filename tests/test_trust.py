@@ -143,7 +143,8 @@ def test_non_md5_server_with_read_back(mount_factory: Callable[..., Mount], prox
 
 def test_non_md5_server_with_checksums(mount_factory: Callable[..., Mount], proxy: FaultProxy,
                                        s3: Any, bucket: str, tmp_path: Path) -> None:
-    """ETags that are not MD5s, but checksums kept: uploads switch to CRC32C, said once."""
+    """ETags that are not MD5s, but checksums kept: uploads switch to CRC32C, said once, and
+    whole reads are verified against the checksums S3 keeps."""
     proxy.non_md5_etags = True
     m = mount_factory(bucket, "--endpoint-url", proxy.url)
     src = tmp_path / "src.bin"
@@ -154,6 +155,18 @@ def test_non_md5_server_with_checksums(mount_factory: Callable[..., Mount], prox
     assert get(s3, bucket, "big.bin") == src.read_bytes()
     said = [x for x in m.log().splitlines() if "not MD5s" in x]
     assert len(said) == 1 and "verified with CRC32C checksums instead" in said[0]
+    # Reads are proven by the checksums S3 keeps (HEAD with ChecksumMode), whole object or
+    # composed of parts (their sizes from HEAD partNumber=N).
+    assert (m.path / "big.bin").read_bytes() == src.read_bytes()
+    assert (m.path / "small").read_bytes() == b"hi\n"
+    reads = status_doc(m)["reads"]
+    assert reads["verified_objects"] == 2 and reads["verified_bytes"] == 11 * MiB + 3
+    m.allowed_errors.append("do not match the object's CRC32C checksum")
+    proxy.flip_gets = True
+    r = subprocess.run(["cat", str(m.path / "big.bin")], capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"Input/output error" in r.stderr
+    (line,) = [x for x in m.log().splitlines() if "do not match the object's CRC32C" in x]
+    assert "big.bin" in line and re.search(r"S3 keeps \S+-3\)", line)
 
 
 # -- verified reads --------------------------------------------------------------------------

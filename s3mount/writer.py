@@ -221,6 +221,7 @@ class Upload:
         if extra is not None:
             algo, want = extra
             if sent.checksum is None:
+                self.mgr.checksums_kept = False
                 raise IntegrityError(
                     f"{self.key}: the server did not return the {algo.s3_name} checksum sent "
                     f"with {what}, so it cannot be verified: this server does not support "
@@ -319,7 +320,11 @@ class Upload:
                 self.part = None
                 part.free(self.mgr.budget)
         self.bytes_uploaded = self.bytes_written
-        if problem := self._check_sent("the PUT", sent, digest, extra):
+        try:
+            problem = self._check_sent("the PUT", sent, digest, extra)
+        except IntegrityError as exc:  # stored, but unproven: it must not stay
+            problem = str(exc).removeprefix(f"{self.key}: ")
+        if problem:
             await self._remove_bad_object(f"the PUT {problem}")
         if self.mgr.read_back:
             await self._read_back(sent.etag, [(self.bytes_written, digest)])
@@ -463,7 +468,15 @@ class Uploads:
             log.warning("bucket %s: %s (%s): %s", self.bucket, NOT_MD5, why, how)
         return False
 
+    def unprovable(self) -> bool:
+        """Whether this mount has learnt that nothing can verify an upload: ETags are not
+        MD5s, the server returns no checksums, and --verify read-back is off."""
+        return not (self.etags_are_md5 or self.checksums_kept is not False or self.read_back)
+
     def start(self, key: str, node: Node) -> Upload:
+        if self.unprovable():  # fail at open, where `echo > f` sees it (bash drops close's)
+            raise FsError(f"{key}: {NOT_MD5} and it returns no additional checksums, so "
+                          f"nothing can verify an upload: {ADVICE}", errno.EIO)
         up = Upload(self, key, node)
         self.active[id(up)] = up
         return up

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -21,10 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from s3mount.config import MiB
+from s3mount.checksum import get as algorithm
+from s3mount.config import Config, MiB
+from s3mount.errors import FsError, IntegrityError
+from s3mount.inodes import Node
+from s3mount.probe import ServerTraits
+from s3mount.store import Extra, S3Store, Sent, Store
+from s3mount.writer import Uploads
 from tests.conftest import Mount, get, keys, open_uploads, s3mount_cmd, start_mount
 from tests.faultproxy import FaultProxy
+from tests.faults import FaultyStore
 from tests.seaweed import SeaweedServer, s3_client
 
 
@@ -386,8 +396,6 @@ def test_etag_shapes() -> None:
 
 
 def test_probe_decisions() -> None:
-    from s3mount.checksum import get as algorithm
-    from s3mount.config import Config
     from s3mount.errors import QuietError
     from s3mount.probe import PROBE_BODY, decide, traits_of
     from s3mount.store import Sent
@@ -419,3 +427,53 @@ def test_probe_objects_are_hidden_at_the_root() -> None:
     assert km.child_name("", "pre/" + PROBE_PREFIX + "0123abcd") is None
     assert km.child_name("", "pre/.s3mount-probe") == ".s3mount-probe"  # not the prefix
     assert km.child_name("d", "pre/d/" + PROBE_PREFIX + "x") == PROBE_PREFIX + "x"
+
+
+class XxhashStore(FaultyStore):
+    """A server whose ETags are 16 hex digits and that keeps no checksums, unit level."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.real: dict[str, str] = {}  # our 16-digit ETag -> the server's
+
+    def _fake(self, sent: Sent) -> Sent:
+        self.real[sent.etag[:16]] = sent.etag
+        return Sent(sent.etag[:16])
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Any,
+                          md5: bytes, checksum: Extra | None = None) -> Sent:
+        return self._fake(await self.inner.upload_part(key, upload_id, number, body, md5,
+                                                       checksum))
+
+    async def put(self, key: str, body: Any, md5: bytes, checksum: Extra | None = None) -> Sent:
+        return self._fake(await self.inner.put(key, body, md5, checksum))
+
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
+        await self.inner.get_range(key, start, into, self.real.get(etag, etag))
+
+
+async def test_unprovable_uploads_fail_at_open_once_learnt(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without the mount-start probe (it could not run), the first upload learns that
+    nothing can verify one: it fails with the reason (sent once, not three times), and every
+    later file fails at open, which `echo > f` reports (bash drops the error of close)."""
+    caplog.set_level(logging.WARNING, "s3mount.writer")
+    store = XxhashStore(S3Store(config))
+    mgr = Uploads(config, store, nursery)
+    up = mgr.start("first", Node(2, "first", "file"))
+    await up.write(0, b"a" * 1000)
+    with pytest.raises(IntegrityError, match="does not support additional checksums"):
+        await up.complete()
+    assert "first" not in keys(s3, bucket)
+    with pytest.raises(FsError, match="this server's ETags are not MD5s") as err:
+        mgr.start("second", Node(3, "second", "file"))
+    assert err.value.errno_ == errno.EIO and "--verify read-back" in str(err.value)
+    said = [r.message for r in caplog.records if "not MD5s" in r.message]
+    assert len(said) == 1 and "came back" not in said[0]
+    read_back = Uploads(dataclasses.replace(config, verify="read-back"), store, nursery)
+    read_back.adopt(ServerTraits(False, False, algorithm("crc32c"), "(test)"))
+    up = read_back.start("third", Node(4, "third", "file"))
+    await up.write(0, b"b" * 1000)
+    await up.complete()
+    assert get(s3, bucket, "third") == b"b" * 1000

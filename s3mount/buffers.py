@@ -21,6 +21,7 @@ only when there is some; the bytes a read is waiting for are always taken.
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import logging
@@ -283,6 +284,13 @@ class ReadBudget:
         self.peak = 0
         self.readers = 0  # open readers; with none, kept buffers are unmapped
         self.kept = KeptBuffers()
+        # Verified reads (reader.py): on unless --no-verify-reads; the counts of what readers
+        # served and proved, for status and metrics.
+        self.verify = True
+        self.md5_etags = True  # False: the probe (or an SSE-KMS object) showed they are not
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.hashers = trio.CapacityLimiter(2)
+        self.part_sizes = True  # until the server shows it cannot tell them (HEAD partNumber)
 
     def take(self, n: int, force: bool = False) -> mmap.mmap | None:
         """A buffer of at least `n` bytes, or None when it does not fit (unless `force`)."""

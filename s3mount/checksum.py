@@ -16,6 +16,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import crc32c as _crc32c
 
@@ -28,6 +29,24 @@ def _sha256_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+class _Crc32c:
+    """CRC32C computed piece by piece, with hashlib's update/digest."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.value = _crc32c.crc32c(data, self.value)
+
+    def digest(self) -> bytes:
+        return int(self.value).to_bytes(4, "big")
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One additional-checksum algorithm, under the names S3 uses for it."""
@@ -35,6 +54,7 @@ class Algorithm:
     name: str  # as on our command line: "crc32c"
     s3_name: str  # ChecksumAlgorithm value: "CRC32C"
     digest: Callable[[bytes | memoryview], bytes]
+    hasher: Callable[[], Hasher]  # the same, piece by piece
 
     @property
     def field(self) -> str:
@@ -54,8 +74,8 @@ class Algorithm:
 
 
 ALGORITHMS = {
-    "crc32c": Algorithm("crc32c", "CRC32C", _crc32c_digest),
-    "sha256": Algorithm("sha256", "SHA256", _sha256_digest),
+    "crc32c": Algorithm("crc32c", "CRC32C", _crc32c_digest, _Crc32c),
+    "sha256": Algorithm("sha256", "SHA256", _sha256_digest, hashlib.sha256),
 }
 DEFAULT_FOR_ENCRYPTED = "crc32c"  # used when ETags turn out not to be MD5s and none was chosen
 

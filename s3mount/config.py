@@ -76,6 +76,10 @@ class Config:
     abort_stale_uploads: float | None = None
     # Additional checksum (see checksum.py): "auto" = CRC32C only where ETags are no MD5s.
     checksum: str = "auto"
+    # How uploads are proven: "auto" = ETags (MD5s) or additional checksums, whichever the
+    # server's answers to the probe at mount start can prove; "read-back" also reads every
+    # object back after completing it and compares MD5s (works on any server).
+    verify: str = "auto"
 
     # Renames: a directory rename copies every key under it; refused (EXDEV) above this.
     rename_max_keys: int = 10_000
@@ -83,6 +87,7 @@ class Config:
     # Reads
     read_ahead_max: int = 32 * MiB  # per open file
     read_memory: int = 128 * MiB  # prefetched bytes across all open files
+    verify_reads: bool = True  # hash whole-object reads and compare with the MD5 (reader.py)
 
     # Talking to S3
     connect_timeout: float = 5.0
@@ -91,3 +96,5 @@ class Config:
     read_deadline: float = 60.0  # a read gives up (EIO) after this long
     write_deadline: float = 600.0  # a part upload gives up after this long
     max_connections: int = 16
+    stall_warning: float = 5.0  # a request unanswered this long is logged (once) as a stall
+    metrics: str | None = None  # HOST:PORT serving Prometheus metrics (metrics.py), or None

@@ -49,6 +49,12 @@ class PreconditionFailed(StoreError):
     errno_ = errno.EIO
 
 
+class SizeMismatch(StoreError):
+    """S3 holds fewer bytes than the object's size said, under the same ETag: permanent."""
+
+    errno_ = errno.EIO
+
+
 class TransientError(StoreError):
     """A failure worth retrying: 5xx, throttling, connection reset, timeout."""
 

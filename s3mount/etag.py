@@ -15,6 +15,7 @@ S3 puts in its headers; :func:`normalize_etag` brings S3's form to this one.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -30,9 +31,31 @@ EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).digest()  # of an empty body
 NON_MD5_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse", "SSE-C"})
 
 
-def etag_is_md5(encryption: str | None) -> bool:
-    """Whether S3 gives objects stored with ``encryption`` an MD5-based ETag (SSE-S3 does)."""
+_MD5_SHAPE = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+
+
+def md5_shaped(etag: str) -> bool:
+    """Whether ``etag`` (this module's form) can be an MD5 or a multipart ETag at all: 32 hex
+    digits, then ``-N`` for a multipart object. AIStore's xxhash ETags (16 hex digits) cannot."""
+    return _MD5_SHAPE.fullmatch(etag) is not None
+
+
+def etag_is_md5(encryption: str | None, etag: str | None = None) -> bool:
+    """Whether S3 gives objects stored with ``encryption`` an MD5-based ETag (SSE-S3 does),
+    and, when an ``etag`` the server answered is given, whether it has the shape of one."""
+    if etag is not None and not md5_shaped(normalize_etag(etag)):
+        return False
     return (encryption or "").lower() not in {e.lower() for e in NON_MD5_ENCRYPTION}
+
+
+def verifiable_parts(etag: str) -> int | None:
+    """How many part MD5s make ``etag``: 1 for a PutObject's (32 hex digits), N for a
+    multipart upload's (``...-N``); None when it has no MD5 shape."""
+    etag = normalize_etag(etag)
+    if not md5_shaped(etag):
+        return None
+    _, dash, n = etag.partition("-")
+    return int(n) if dash else 1
 
 
 def single_etag(digest: bytes) -> str:
@@ -83,6 +106,12 @@ class MultipartETag:
         """Part numbers below the highest one added that have no digest yet."""
         highest = max(self._digests, default=0)
         return [n for n in range(1, highest + 1) if n not in self._digests]
+
+    def digests(self) -> list[bytes]:
+        """The part MD5s in part order (parts 1..N, no gaps)."""
+        if gaps := self.missing():
+            raise ValueError(f"parts {_abbreviate(gaps)} are missing")
+        return [self._digests[n] for n in range(1, len(self._digests) + 1)]
 
     def value(self) -> str:
         """The upload's ETag; parts must be numbered 1..N without gaps, as s3mount uploads them."""

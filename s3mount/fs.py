@@ -70,8 +70,8 @@ class S3Fs(pyfuse3.Operations):
         self.config = config
         self.uploads = Uploads(config, store, nursery)
         self.ns = Namespace(config, store, self.uploads, nursery)
-        self.readers = Readers(store, ReadBudget(config.read_memory), nursery,
-                               config.read_ahead_max)
+        self.read_budget = ReadBudget(config.read_memory)  # shared by all readers
+        self.readers = Readers(store, self.read_budget, nursery, config.read_ahead_max)
         self.handles = HandleTable()
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:

@@ -17,6 +17,9 @@ from .errors import FsError
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes per path component, as in every Linux filesystem
+# The object a read-write mount PUTs and deletes at start to learn what the server's answers
+# prove (probe.py): hidden from listings at the mount's root, should a crash leave one behind.
+PROBE_PREFIX = ".s3mount-probe-"
 
 
 def valid_name(name: str) -> bool:
@@ -83,6 +86,8 @@ class KeyMap:
         prefix ending in "/"), or None when it is no valid name (hidden, logged at debug)."""
         raw = key[len(self.dir_prefix(dir_path)):]
         rest = raw[:-1] if raw.endswith("/") else raw
+        if not dir_path and rest.startswith(PROBE_PREFIX):
+            return None
         if not valid_name(rest):
             if raw and key not in self._logged:  # not for the directory's own marker
                 log.debug("hiding key %r: not a valid file name", key)  # `d//` (raw "/") too

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import status
+from . import metrics, probe, status
 from .admin import abort_stale
 from .config import Config
 from .errors import QuietError, StoreError
@@ -74,6 +75,8 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
     with trio.fail_after(config.connect_timeout + config.request_timeout):
         await store.check_bucket()
     await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
+    traits = None if config.read_only else await probe.learn_server(store, config)
+    listeners = await metrics.listen(config.metrics) if config.metrics else None
     if config.abort_stale_uploads is not None:
         n = await abort_stale(store, config.prefix, config.abort_stale_uploads)
         log.info("aborted %d stale multipart upload(s) older than %.0f s", n,
@@ -83,6 +86,10 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         fs = S3Fs(config, store, nursery)
+        fs.uploads.adopt(traits)
+        fs.read_budget.verify = config.verify_reads
+        # A server whose ETags are no MD5s: reads are proven by the checksums it keeps.
+        fs.read_budget.md5_etags = traits is None or traits.etags_are_md5
         try:
             pyfuse3.init(fs, config.mountpoint, fuse_options(config))
         except RuntimeError as exc:
@@ -91,7 +98,12 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         stack.callback(_close_fuse)
         stack.push_async_callback(fs.shutdown)
         log.info("mounted s3://%s/%s on %s", config.bucket, config.prefix, config.mountpoint)
-        nursery.start_soon(_status_socket, config, fs, status_path)
+        nursery.start_soon(_status_socket, config, fs, store, status_path)
+        nursery.start_soon(store.watch_stalls)
+        if listeners is not None:
+            sources = metrics.Sources(fs.uploads, fs.read_budget, store.health, time.monotonic())
+            nursery.start_soon(metrics.serve, listeners, lambda: metrics.render(sources))
+            log.info("Prometheus metrics at http://%s/metrics", config.metrics)
         nursery.start_soon(_raise_kernel_readahead, config.mountpoint)
         ready()
         notify_systemd("READY=1")
@@ -146,13 +158,14 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-async def _status_socket(config: Config, fs: S3Fs, path: Path) -> None:
+async def _status_socket(config: Config, fs: S3Fs, store: S3Store, path: Path) -> None:
     """Serve `s3mount status`; a mount without it still works."""
     errors = status.RecentErrors()
     logging.getLogger().addHandler(errors)
-    started = trio.current_time()
+    started = time.monotonic()  # status.snapshot compares it with time.monotonic()
     try:
-        await status.serve(path, lambda: status.snapshot(config, fs.uploads, started, errors))
+        await status.serve(path, lambda: status.snapshot(
+            config, fs.uploads, started, errors, fs.read_budget.counts, store.health))
     except OSError as exc:
         log.warning("no status socket at %s (%s): `s3mount status` will not answer", path,
                     exc)

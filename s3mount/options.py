@@ -165,6 +165,12 @@ def mount_parser() -> Parser:
                     help="additional checksum sent with every part and verified after the "
                     "upload, besides Content-MD5 and the ETag; auto uses CRC32C only where "
                     f"ETags are not MD5s (SSE-KMS, SSE-C) (default {d('checksum')})")
+    wr.add_argument("--verify", choices=("auto", "read-back"), default=d("verify"),
+                    help="how uploads are proven: auto by ETags or by additional checksums, "
+                    "whichever the server's answers prove (probed at mount start); read-back "
+                    "also reads each object back and hashes it before close() returns (works "
+                    "on any server; costs one read of every byte written) "
+                    f"(default {d('verify')})")
     fs.add_argument("--rename-max-keys", type=int, default=d("rename_max_keys"), metavar="N",
                     help="largest directory (in keys) that rename copies; above it rename "
                     "fails with EXDEV and mv copies file by file "
@@ -174,6 +180,10 @@ def mount_parser() -> Parser:
                     help=f"largest read-ahead window per file (default {size['read_ahead']})")
     rd.add_argument("--read-memory", type=parse_size, default=d("read_memory"),
                     help=f"prefetched bytes across all files (default {size['read_memory']})")
+    rd.add_argument("--no-verify-reads", dest="verify_reads", action="store_false",
+                    default=d("verify_reads"),
+                    help="do not hash whole-file reads against the object's MD5 or checksum "
+                    "(docs/SEMANTICS.md says which reads are verified)")
     rd.add_argument("--retries", type=int, default=d("retries"),
                     help=f"retries of a failed read or metadata request (default {d('retries')})")
     rd.add_argument("--read-deadline", type=float, default=d("read_deadline"),
@@ -188,6 +198,9 @@ def mount_parser() -> Parser:
                      help="stay in the foreground, log to stderr")
     run.add_argument("--debug", action="store_true", default=d("debug"),
                      help="log every request")
+    run.add_argument("--metrics", metavar="HOST:PORT", default=d("metrics"),
+                     help="serve Prometheus metrics over HTTP here, e.g. 127.0.0.1:9100 "
+                     "(docs/METRICS.md)")
     run.add_argument("--log-file", default=d("log_file"),
                      help="log here when detached (default: syslog)")
     return p
@@ -225,7 +238,8 @@ def build_config(ns: argparse.Namespace) -> Config:
         dir_mode=ns.dir_mode, dir_suffix=ns.dir_suffix, metadata_ttl=ns.metadata_ttl,
         part_size=ns.part_size, part_growth_every=ns.part_growth_every,
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
-        checksum=ns.checksum, rename_max_keys=ns.rename_max_keys,
+        checksum=ns.checksum, verify=ns.verify, verify_reads=ns.verify_reads,
+        metrics=ns.metrics, rename_max_keys=ns.rename_max_keys,
         abort_stale_uploads=ns.abort_stale_uploads,
         read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries,
         read_deadline=ns.read_deadline, write_deadline=ns.write_deadline)

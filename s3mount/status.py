@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +28,15 @@ from .schedule import human_size
 
 if TYPE_CHECKING:
     from .config import Config
+    from .store import Health
     from .writer import Uploads
 
 log = logging.getLogger(__name__)
 RECENT_ERRORS = 20
+# What readers served and proved (reader.py): files opened for reading, bytes served, whole
+# objects whose MD5 matched, whose MD5 did not (EIO), and passes that skipped ahead.
+READ_COUNTS = ("objects_opened", "bytes_read", "verified_objects", "verified_bytes",
+               "failed_objects", "unverified_passes")
 BAR = 30
 
 
@@ -58,8 +63,9 @@ class RecentErrors(logging.Handler):
         self.lines.append(f"{stamp} {record.getMessage()}")
 
 
-def snapshot(config: Config, uploads: Uploads, started: float,
-             errors: RecentErrors) -> dict[str, Any]:
+def snapshot(config: Config, uploads: Uploads, started: float, errors: RecentErrors,
+             reads: Mapping[str, int] | None = None,
+             health: Health | None = None) -> dict[str, Any]:
     now = time.monotonic()
     items = []
     for up in uploads:
@@ -80,6 +86,8 @@ def snapshot(config: Config, uploads: Uploads, started: float,
         "totals": {"in_flight": len(items), "completed": uploads.completed,
                    "completed_bytes": uploads.completed_bytes, "failed": uploads.failed},
         "write_memory": {"budget": budget.capacity, "used": budget.used, "peak": budget.peak},
+        "reads": {k: int((reads or {}).get(k, 0)) for k in READ_COUNTS},
+        "s3": health.snapshot() if health is not None else None,
         "recent_errors": list(errors.lines),
     }
 
@@ -153,10 +161,34 @@ def render(doc: dict[str, Any]) -> str:
                      f"uploaded and verified, parts {u['parts_uploaded']}/"
                      f"{u['parts_started']}, {human_size(u['rate_bytes_s'])}/s, "
                      f"drains in {drain}")
+    r = doc.get("reads") or {}
+    if r:
+        failed = f", {r['failed_objects']} FAILED verification" if r["failed_objects"] else ""
+        lines.append(f"reads: {r['objects_opened']} opened, {human_size(r['bytes_read'])} "
+                     f"served; {r['verified_objects']} whole objects verified "
+                     f"({human_size(r['verified_bytes'])}){failed}")
+    if doc.get("s3"):
+        lines += render_health(doc["s3"])
     if doc["recent_errors"]:
         lines.append("recent errors:")
         lines += [f"  {e}" for e in doc["recent_errors"]]
     return "\n".join(lines)
+
+
+def render_health(h: dict[str, Any]) -> list[str]:
+    """S3's health in a few lines: what waits, what was retried or failed, the last success."""
+    def by_kind(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
+
+    ago = h["last_success_s_ago"]
+    waiting = (f"{h['waiting']} request(s) waiting, longest {h['oldest_wait_s']:.1f} s"
+               if h["waiting"] else "no request waiting")
+    lines = [f"S3: {waiting}; last success "
+             f"{'never' if ago is None else f'{ago:.1f} s ago'}; {h['stalls']} stall(s); "
+             f"retries: {by_kind(h['retries'])}; errors: {by_kind(h['errors'])}"]
+    lines += [f"  STALLED {p['waiting_s']:.1f} s: {p['request']} ({p['retries']} retries)"
+              for p in h["stalled"]]
+    return lines
 
 
 def status_main(argv: Sequence[str]) -> int:

@@ -5,11 +5,17 @@ socket timeouts, and is retried with exponential backoff and full jitter until a
 deadline. boto3's own retries are off so that the two policies do not multiply. boto3 >= 1.36
 would add CRC32 checksums and `aws-chunked` bodies that several S3-compatible servers reject:
 we switch that off and send Content-MD5 ourselves.
+
+`Health` keeps what the mount knows of S3's health: requests waiting and since when, retries
+and errors by kind, latencies, the last success. A request unanswered for `--stall-warning`
+seconds (5), or retried, is one *stall episode*: one warning when it starts, one line when it
+ends, however many retries it takes.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import datetime
 import email.utils
 import functools
@@ -34,6 +40,7 @@ from .errors import (
     NoSuchKey,
     PreconditionFailed,
     QuietError,
+    SizeMismatch,
     StoreError,
     TransientError,
 )
@@ -71,6 +78,7 @@ class ObjectInfo:
     # reads them), and the Content-Type.
     meta: dict[str, str] | None = field(default=None, hash=False)
     content_type: str | None = None
+    checksum_algorithm: str | None = None  # our name of `checksum`'s algorithm ("crc32c")
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,12 @@ def _read_body_into(body: Any, into: memoryview) -> int:
     return n + len(raw.read())
 
 
+def _range_total(content_range: Any) -> int | None:
+    """The object size in a Content-Range answer ("bytes 0-9/10"), if it says."""
+    total = str(content_range or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
 def _extra_args(checksum: Extra | None) -> dict[str, str]:
     return {} if checksum is None else {checksum[0].field: checksum[1]}
 
@@ -208,6 +222,8 @@ def _rewound(body: Body) -> Body:
 
 def classify(exc: BaseException, what: str) -> StoreError:
     """Turn a botocore/network exception into one of ours."""
+    if isinstance(exc, StoreError):  # raised by our own checks inside a call
+        return exc
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -231,6 +247,106 @@ def classify(exc: BaseException, what: str) -> StoreError:
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(eq=False)
+class Pending:
+    """One request of ours (with its retries) that S3 has not answered yet."""
+
+    kind: str  # GET, PUT, PART, HEAD, LIST, COMPLETE, ...
+    what: str  # kind and key, as in log lines
+    since: float  # time.monotonic()
+    retries: int = 0
+    warned: bool = False
+    last_error: str = ""
+
+
+@dataclass(eq=False)
+class Histogram:
+    """Request durations (seconds) in LATENCY_BUCKETS, cumulative as Prometheus has them."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    total: int = 0
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += 1
+        self.sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+
+class Health:
+    """S3's health as this mount sees it; updated from the event loop only."""
+
+    def __init__(self, stall_after: float) -> None:
+        self.stall_after = stall_after
+        self.pending: dict[int, Pending] = {}
+        self.answered: collections.Counter[str] = collections.Counter()
+        self.retries: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.latency: dict[str, Histogram] = collections.defaultdict(Histogram)
+        self.stalls = 0  # episodes warned about
+        self.last_success: float | None = None  # time.time()
+
+    def begin(self, what: str) -> Pending:
+        p = Pending(what.partition(" ")[0], what, time.monotonic())
+        self.pending[id(p)] = p
+        return p
+
+    def retried(self, p: Pending, err: StoreError, pause: float) -> None:
+        p.retries += 1
+        p.last_error = str(err)
+        self.retries[p.kind] += 1
+        if not p.warned:
+            self._warn(p, f"failed after {time.monotonic() - p.since:.1f} s ({err}); "
+                       f"retrying in {pause:.1f} s")
+
+    def stalled(self, now: float) -> None:
+        """Warn about each request unanswered for `stall_after` seconds (once)."""
+        for p in list(self.pending.values()):
+            if not p.warned and now - p.since >= self.stall_after:
+                self._warn(p, f"not answered for {now - p.since:.1f} s; waiting")
+
+    def _warn(self, p: Pending, how: str) -> None:
+        p.warned = True
+        self.stalls += 1
+        log.warning("S3 stall: %s %s (one warning per stall; its end is logged)", p.what, how)
+
+    def end(self, p: Pending, ok: bool) -> None:
+        self.pending.pop(id(p), None)
+        took = time.monotonic() - p.since
+        if ok:
+            self.answered[p.kind] += 1
+            self.latency[p.kind].observe(took)
+            self.last_success = time.time()
+        else:
+            self.errors[p.kind] += 1
+        if p.warned:
+            log.log(logging.WARNING if not ok else logging.INFO,
+                    "S3 stall over: %s %s after %.1f s (%d %s)", p.what,
+                    "answered" if ok else "failed for good", took, p.retries,
+                    "retry" if p.retries == 1 else "retries")
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        waiting = sorted(self.pending.values(), key=lambda p: p.since)
+        return {
+            "waiting": len(waiting),
+            "oldest_wait_s": round(now - waiting[0].since, 1) if waiting else None,
+            "stalled": [{"request": p.what, "waiting_s": round(now - p.since, 1),
+                         "retries": p.retries, "last_error": p.last_error}
+                        for p in waiting if p.warned],
+            "stalls": self.stalls,
+            "answered": dict(self.answered), "retries": dict(self.retries),
+            "errors": dict(self.errors),
+            "last_success_s_ago": None if self.last_success is None else
+            round(time.time() - self.last_success, 1),
+        }
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded by attempts and by an overall deadline."""
@@ -252,6 +368,13 @@ class S3Store:
         self.policy = RetryPolicy(retries=config.retries)
         self.limiter = trio.CapacityLimiter(config.max_connections)
         self.client = client if client is not None else make_client(config)
+        self.health = Health(config.stall_warning)
+
+    async def watch_stalls(self) -> None:
+        """Runs for the mount's life: warns about requests S3 leaves unanswered."""
+        while True:
+            await trio.sleep(min(0.5, self.health.stall_after / 4))
+            self.health.stalled(time.monotonic())
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -259,6 +382,17 @@ class S3Store:
                     attempts: int | None) -> T:
         """Run `fn` in a worker thread; retry transient failures until `deadline` seconds have
         passed or (when not None) after `attempts` retries."""
+        pending = self.health.begin(what)
+        ok = False
+        try:
+            result = await self._attempts(what, fn, deadline, attempts, pending)
+            ok = True
+            return result
+        finally:
+            self.health.end(pending, ok)
+
+    async def _attempts(self, what: str, fn: Callable[[], T], deadline: float,
+                        attempts: int | None, pending: Pending) -> T:
         give_up = time.monotonic() + deadline
         attempt = 0
         while True:
@@ -274,9 +408,9 @@ class S3Store:
             if time.monotonic() + pause > give_up:
                 raise TransientError(f"{err} (S3 failed for {deadline:.0f} s: gave up)")
             attempt += 1
-            level = logging.WARNING if attempt >= 3 else logging.DEBUG
             of = f"/{attempts}" if attempts is not None else ""
-            log.log(level, "%s; retry %d%s in %.2f s", err, attempt, of, pause)
+            log.debug("%s; retry %d%s in %.2f s", err, attempt, of, pause)
+            self.health.retried(pending, err, pause)
             await trio.sleep(pause)
 
     def _read_call(self, what: str, fn: Callable[[], T]) -> Any:
@@ -308,10 +442,11 @@ class S3Store:
             r = await self._read_call(f"HEAD {key}", call)
         except NoSuchKey:
             return None
-        stored = next((str(r[a.field]) for a in ALGORITHMS.values() if r.get(a.field)), None)
+        algo = next((a for a in ALGORITHMS.values() if r.get(a.field)), None)
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
-                          strip_etag(r.get("ETag", "")), stored, _encryption(r),
-                          dict(r.get("Metadata") or {}), r.get("ContentType") or None)
+                          strip_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
+                          _encryption(r), dict(r.get("Metadata") or {}),
+                          r.get("ContentType") or None, algo.name if algo else None)
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:
@@ -334,11 +469,26 @@ class S3Store:
         """Fill `into` with the bytes of `key` from `start`, only if its ETag is still `etag`."""
         end = start + len(into)
 
+        def short(holds: str) -> SizeMismatch:
+            return SizeMismatch(
+                f"{key}: the object's size and its bytes disagree: its size was given as at "
+                f"least {end} bytes, but S3 {holds} under the same ETag {etag}; retrying "
+                "will not change that (the server's metadata is wrong, or the object was "
+                "replaced without a new ETag)")
+
         def call() -> None:
-            r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
-                                       Range=f"bytes={start}-{end - 1}")
+            try:
+                r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
+                                           Range=f"bytes={start}-{end - 1}")
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                    raise short(f"has no byte at offset {start}") from None
+                raise
             got = _read_body_into(r["Body"], into)
             if got != end - start:
+                total = _range_total(r.get("ContentRange"))
+                if total is not None and total < end:  # not a cut connection: S3 has no more
+                    raise short(f"holds {total}")
                 raise botocore.exceptions.IncompleteReadError(
                     actual_bytes=got, expected_bytes=end - start)
         what = f"GET {key} [{start}, {end})"

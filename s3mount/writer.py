@@ -18,9 +18,11 @@ by its answer (its ETag is the MD5 the server computed of what it stored). Any f
 the upload, removes an object that failed verification, and is raised from `complete()` so
 that `close()` returns it.
 
-Where the bucket encrypts with SSE-KMS or SSE-C, ETags are not MD5s; the first answer that
-says so switches the mount to an additional checksum (`checksum.py`, CRC32C unless
-`--checksum` chose one), which then replaces the ETag checks for parts and for the object.
+Where the bucket encrypts with SSE-KMS or SSE-C, or the server's ETags are no MD5s at all
+(the probe at mount start, `probe.py`, or the shape of an answer shows it), an additional
+checksum (`checksum.py`, CRC32C unless `--checksum` chose one) replaces the ETag checks for
+parts and for the object. With `--verify read-back`, each completed object is also read back
+and its MD5s compared with those of the bytes sent, which proves it on any server.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -40,13 +42,21 @@ from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
 from .config import Config
 from .errors import FsError, IntegrityError, StoreError
-from .etag import MultipartETag, etag_is_md5
+from .etag import MultipartETag, etag_is_md5, md5_shaped
 from .schedule import PartSchedule
 from .store import Extra, ObjectInfo, Sent, Store
 
+if TYPE_CHECKING:
+    from .probe import ServerTraits
+
 log = logging.getLogger(__name__)
 PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
+READ_BACK_CHUNK = 4 * 1024 * 1024  # bytes per GET of --verify read-back
 T = TypeVar("T")
+
+NOT_MD5 = "this server's ETags are not MD5s"
+ADVICE = ("mount with --verify read-back (or --read-only), or set the server to MD5 ETags or "
+          "to keep additional checksums")
 
 
 class UploadState(enum.Enum):
@@ -264,15 +274,16 @@ class Upload:
         self.mgr.nursery.start_soon(self._send_part, part, self.upload_id)
 
     async def _declared(self, send: Callable[[Algorithm | None], Awaitable[T]],
-                        encryption: Callable[[T], str | None],
+                        traits: Callable[[T], tuple[str | None, str | None]],
                         undo: Callable[[T], Awaitable[object]] | None = None) -> T:
-        """`send(algo)` with the mount's additional checksum, if any. If S3's answer says
-        the bucket encrypts so that ETags are no MD5s, and no checksum was declared, nothing
-        could verify it: undo it and send it again with one."""
+        """`send(algo)` with the mount's additional checksum, if any. If S3's answer (its
+        encryption, and its ETag if it has one: `traits`) says ETags are no MD5s here, and no
+        checksum was declared, nothing could verify it: undo it and send it again with one,
+        where the server keeps checksums."""
         algo = self.mgr.algorithm()
         answer = await send(algo)
-        self.md5_etags = self.mgr.learn(encryption(answer))
-        if not self.md5_etags and algo is None:
+        self.md5_etags = self.mgr.learn(*traits(answer))
+        if not self.md5_etags and algo is None and self.mgr.algorithm() is not None:
             if undo is not None:
                 await undo(answer)
             algo = self.mgr.algorithm()
@@ -288,7 +299,7 @@ class Upload:
     async def _create(self) -> str:
         started = await self._declared(
             lambda algo: self.store.create_upload(self.key, algo, **self._object_attrs()),
-            lambda s: s.encryption,
+            lambda s: (s.encryption, None),
             lambda s: self.store.abort_upload(self.key, s.upload_id))
         self.upload_id = started.upload_id
         log.debug("%s: multipart upload %s started", self.key, self.upload_id)
@@ -327,6 +338,8 @@ class Upload:
             problem = self._check_sent(f"part {part.number}", sent, digest, extra)
             if problem is None:
                 return sent.etag
+            if problem.startswith(NOT_MD5):  # sending it again cannot change that
+                raise IntegrityError(f"{self.key}: part {part.number}: {problem}")
             log.warning("%s: part %d %s (attempt %d/%d); sending it again", self.key,
                         part.number, problem, attempt, PART_VERIFY_ATTEMPTS)
         raise IntegrityError(f"{self.key}: part {part.number} never came back with the "
@@ -338,15 +351,21 @@ class Upload:
         if extra is not None:
             algo, want = extra
             if sent.checksum is None:
+                self.mgr.checksums_kept = False
                 raise IntegrityError(
                     f"{self.key}: the server did not return the {algo.s3_name} checksum sent "
                     f"with {what}, so it cannot be verified: this server does not support "
                     "additional checksums (mount with --checksum auto on a bucket without "
-                    "SSE-KMS)")
+                    "SSE-KMS, or with --verify read-back)")
             if sent.checksum != want:
                 return f"came back with {algo.s3_name} {sent.checksum}, expected {want}"
         if self.md5_etags and sent.etag != digest.hex():
-            return f"came back with ETag {sent.etag}, expected {digest.hex()}"
+            if self.mgr.learn(sent.encryption, sent.etag):
+                return f"came back with ETag {sent.etag}, expected {digest.hex()}"
+            self.md5_etags = False
+        if not self.md5_etags and extra is None and not self.mgr.read_back:
+            return (f"{NOT_MD5} (it answered ETag {sent.etag} for {what}, whose MD5 is "
+                    f"{digest.hex()}), so nothing can verify this upload: {ADVICE}")
         return None
 
     # -- completion -------------------------------------------------------------------------
@@ -433,13 +452,20 @@ class Upload:
                                                     **self._object_attrs())
                         return sent, digest, extra
 
-                sent, digest, extra = await self._declared(send, lambda a: a[0].encryption)
+                sent, digest, extra = await self._declared(
+                    send, lambda a: (a[0].encryption, a[0].etag))
         finally:
             if part is not None:
                 part.free(self.mgr.budget)
         self.bytes_uploaded = self.end
-        if problem := self._check_sent("the PUT", sent, digest, extra):
+        try:
+            problem = self._check_sent("the PUT", sent, digest, extra)
+        except IntegrityError as exc:  # stored, but unproven: it must not stay
+            problem = str(exc).removeprefix(f"{self.key}: ")
+        if problem:
             await self._remove_bad_object(f"the PUT {problem}")
+        if self.mgr.read_back:
+            await self._read_back(sent.etag, [(self.end, digest)])
         return ObjectInfo(self.key, self.end, time.time(), sent.etag,
                           sent.checksum, sent.encryption)
 
@@ -452,14 +478,49 @@ class Upload:
         wrong = []
         if info.size != self.end:
             wrong.append(f"size {info.size}, expected {self.end}")
-        if etag is not None and info.etag != etag:
+        if etag is not None and info.etag != etag and not md5_shaped(info.etag):
+            self.mgr.learn(info.encryption, info.etag)
+            if summed is None and not self.mgr.read_back:
+                wrong.append(f"ETag {info.etag}: {NOT_MD5}, so nothing can verify this "
+                             f"upload: {ADVICE}")
+        elif etag is not None and info.etag != etag:
             wrong.append(f"ETag {info.etag}, expected {etag}")
         if summed is not None and info.checksum != summed:
             assert self.algo is not None
             wrong.append(f"{self.algo.s3_name} {info.checksum}, expected {summed}")
         if wrong:
             await self._remove_bad_object("stored " + "; ".join(wrong))
+        if self.mgr.read_back:
+            await self._read_back(info.etag, self._part_digests())
         return info
+
+    def _part_digests(self) -> list[tuple[int, bytes]]:
+        """(size, MD5) of each part sent, in order: every part but the last is full."""
+        digests = self.etag.digests()
+        sizes = [self.mgr.schedule.size_of(n) for n in range(1, len(digests))]
+        sizes.append(self.end - sum(sizes))
+        return list(zip(sizes, digests, strict=True))
+
+    async def _read_back(self, etag: str, parts: list[tuple[int, bytes]]) -> None:
+        """--verify read-back: GET the stored object (pinned to `etag`) and compare the MD5 of
+        each part's bytes with that of the bytes sent; a mismatch removes the object."""
+        buf = memoryview(bytearray(min(READ_BACK_CHUNK, max(self.end, 1))))
+        pos = 0
+        for number, (size, want) in enumerate(parts, 1):
+            md5 = hashlib.md5(usedforsecurity=False)
+            for start in range(pos, pos + size, len(buf)):
+                view = buf[:min(len(buf), pos + size - start)]
+                try:
+                    await self.store.get_range(self.key, start, view, etag)
+                except StoreError as exc:  # unproven: it must not stay as if it were
+                    await self._remove_bad_object(f"it could not be read back: {exc}")
+                await trio.to_thread.run_sync(md5.update, view, limiter=self.mgr.hashers)
+            pos += size
+            if md5.digest() != want:
+                await self._remove_bad_object(
+                    f"read back, part {number} has MD5 {md5.hexdigest()}, but the bytes sent "
+                    f"have {want.hex()}")
+        log.debug("%s: read back and verified, %d bytes", self.key, pos)
 
     async def _remove_bad_object(self, detail: str) -> None:
         try:
@@ -506,6 +567,9 @@ class Uploads:
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
         self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)
         self.etags_are_md5 = True  # until S3 answers that it encrypts with SSE-KMS / SSE-C
+        self.checksums_kept: bool | None = None  # known once the mount-start probe ran
+        self.probed_md5: bool | None = None  # likewise
+        self.read_back = config.verify == "read-back"
         self.budget = WriteBudget(config.max_memory)
         self.part_slots = trio.Semaphore(config.upload_concurrency)
         self.hashers = trio.CapacityLimiter(2)
@@ -514,25 +578,43 @@ class Uploads:
 
     def algorithm(self) -> Algorithm | None:
         """The additional checksum new uploads use: the chosen one, else CRC32C once the
-        bucket has shown that its ETags are no MD5s, else none."""
-        if self.chosen is not None or self.etags_are_md5:
+        bucket has shown that its ETags are no MD5s (unless the probe showed that the server
+        keeps no checksums: then only --verify read-back proves uploads), else none."""
+        if self.chosen is not None or self.etags_are_md5 or self.checksums_kept is False:
             return self.chosen
         return checksum.get(checksum.DEFAULT_FOR_ENCRYPTED)
 
-    def learn(self, encryption: str | None) -> bool:
-        """Note the encryption S3 reported for an upload; True if its ETag is an MD5."""
-        if etag_is_md5(encryption):
+    def adopt(self, traits: ServerTraits | None) -> None:
+        """What the probe at mount start found (probe.py logged it); None: it did not run."""
+        if traits is not None:
+            self.etags_are_md5 = self.probed_md5 = traits.etags_are_md5
+            self.checksums_kept = traits.checksums
+
+    def learn(self, encryption: str | None, etag: str | None = None) -> bool:
+        """Note the encryption S3 reported for an upload, and the shape of the ETag it
+        answered; True if its ETags are MD5s."""
+        if etag_is_md5(encryption, etag) and self.probed_md5 is not False:
             return True
         if self.etags_are_md5:
             self.etags_are_md5 = False
             algo = self.algorithm()
-            assert algo is not None
-            log.warning("bucket %s stores objects with %s encryption, so their ETags are not "
-                        "MD5s: uploads are verified with %s checksums instead", self.bucket,
-                        encryption, algo.s3_name)
+            why = (f"objects are stored with {encryption} encryption" if encryption else
+                   f"it answered ETag {etag}")
+            how = (f"uploads are verified with {algo.s3_name} checksums instead" if algo else
+                   "uploads are verified by reading each object back" if self.read_back else
+                   f"nothing can verify uploads: {ADVICE}")
+            log.warning("bucket %s: %s (%s): %s", self.bucket, NOT_MD5, why, how)
         return False
 
+    def unprovable(self) -> bool:
+        """Whether this mount has learnt that nothing can verify an upload: ETags are not
+        MD5s, the server returns no checksums, and --verify read-back is off."""
+        return not (self.etags_are_md5 or self.checksums_kept is not False or self.read_back)
+
     def start(self, key: str) -> Upload:
+        if self.unprovable():  # fail at open, where `echo > f` sees it (bash drops close's)
+            raise FsError(f"{key}: {NOT_MD5} and it returns no additional checksums, so "
+                          f"nothing can verify an upload: {ADVICE}", errno.EIO)
         up = Upload(self, key)
         self.active[id(up)] = up
         return up

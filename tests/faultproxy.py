@@ -9,7 +9,17 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `truncate_rate`: for GETs, send the headers and only half of the body, then close;
 - `truncate_next`: do that to the next this many GETs;
 - `rewrite_part_etags`: answer this many UploadPart requests with a wrong ETag;
-- `blackout_until`: until this `time.monotonic()`, reset every connection.
+- `blackout_until`: until this `time.monotonic()`, reset every connection;
+- `hang_until`: until this `time.monotonic()`, accept each request and never answer it; when
+  the time comes, reset the connection (a server that went silent);
+- `non_md5_etags`: a server whose ETags are not MD5s and that does not say so (AIStore with
+  xxhash): every ETag it answers (headers of PUT, UploadPart, HEAD, GET; XML of Complete,
+  LIST, copies) becomes 16 hex digits, and the encryption header is dropped; ETags in requests
+  (If-Match, the parts of a Complete) are mapped back, so the server behind still works;
+- `strip_checksums`: a server that keeps no additional checksums: x-amz-checksum-* headers
+  and Checksum* XML elements are removed from answers;
+- `flip_gets`: flip one bit in the middle of every GET body;
+- `head_extra_bytes`: HEAD answers report this many bytes more than the object has.
 
 Counters of what was done are in `counts`, also one per kind of request (`request_kind`); the
 latest requests (method, path) are in `log`. The proxy runs in daemon threads and stops with
@@ -19,9 +29,11 @@ latest requests (method, path) are in `log`. The proxy runs in daemon threads an
 from __future__ import annotations
 
 import collections
+import hashlib
 import http.client
 import http.server
 import random
+import re
 import socket
 import threading
 import time
@@ -30,6 +42,8 @@ from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
               "transfer-encoding", "upgrade", "expect"}
+_XML_ETAG = re.compile(rb"<ETag>(&quot;|&#34;|\")?([0-9a-fA-F-]+)(&quot;|&#34;|\")?</ETag>")
+_XML_CHECKSUM = re.compile(rb"<Checksum[A-Z0-9]+>[^<]*</Checksum[A-Z0-9]+>")
 SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate (injected).</Message></Error>")
 
@@ -42,6 +56,39 @@ def request_kind(method: str, path: str) -> str:
     if method == "PUT" and "partNumber=" in query:
         return "PART"
     return method
+
+
+def _resign(h: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+    """Sign a request again after changing it, with the secret from the environment (the
+    test server's), for the access key and region it was signed for."""
+    import os
+
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    auth = h.headers.get("Authorization", "")
+    m = re.search(r"Credential=([^/]+)/\d+/([^/]+)/", auth)
+    if m is None:
+        return
+    sha = h.headers.get("X-Amz-Content-SHA256", botocore.auth.UNSIGNED_PAYLOAD)
+    if sha != botocore.auth.UNSIGNED_PAYLOAD:
+        sha = hashlib.sha256(body).hexdigest()
+    for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256"):
+        del h.headers[name]
+    keep = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP
+            and k.lower() not in ("content-length", "user-agent")}
+    req = botocore.awsrequest.AWSRequest(h.command, f"http://{h.headers['Host']}{h.path}",
+                                         headers=keep, data=body)
+    creds = botocore.credentials.Credentials(m.group(1), os.environ["AWS_SECRET_ACCESS_KEY"])
+
+    class Signer(botocore.auth.S3SigV4Auth):
+        def payload(self, request: Any) -> str:
+            return sha
+
+    Signer(creds, "s3", m.group(2)).add_auth(req)
+    for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256"):
+        h.headers[name] = req.headers[name]
 
 
 class FaultProxy:
@@ -57,6 +104,12 @@ class FaultProxy:
         self.truncate_next = 0
         self.rewrite_part_etags = 0
         self.blackout_until = 0.0
+        self.hang_until = 0.0
+        self.non_md5_etags = False
+        self.strip_checksums = False
+        self.flip_gets = False
+        self.head_extra_bytes = 0
+        self.fakes: dict[str, str] = {}  # fake ETag -> the server's real one
         self.counts: collections.Counter[str] = collections.Counter()
         self.log: collections.deque[tuple[str, str]] = collections.deque(maxlen=100_000)
         proxy = self
@@ -97,8 +150,9 @@ class FaultProxy:
 
     def clear(self) -> None:
         self.error_rate = self.reset_rate = self.latency = self.truncate_rate = 0.0
-        self.rewrite_part_etags = self.truncate_next = 0
-        self.blackout_until = 0.0
+        self.rewrite_part_etags = self.truncate_next = self.head_extra_bytes = 0
+        self.blackout_until = self.hang_until = 0.0
+        self.non_md5_etags = self.strip_checksums = self.flip_gets = False
 
     def _roll(self, rate: float) -> bool:
         with self.lock:
@@ -123,6 +177,12 @@ class FaultProxy:
         self._count(request_kind(h.command, h.path))
         with self.lock:
             self.log.append((h.command, h.path))
+        if time.monotonic() < self.hang_until:
+            self._count("hung")
+            while time.monotonic() < self.hang_until:
+                time.sleep(0.05)
+            self._reset(h)
+            return
         if time.monotonic() < self.blackout_until or self._roll(self.reset_rate):
             self._count("resets")
             self._reset(h)
@@ -133,7 +193,20 @@ class FaultProxy:
             return
         if self.latency:
             time.sleep(self.latency)
+        if self.non_md5_etags:
+            body = self._real_etags(h, body)
         status, headers, data = self._forward(h, body)
+        if self.non_md5_etags:
+            headers, data = self._fake_etags(headers, data)
+        if self.strip_checksums:
+            headers = {k: v for k, v in headers.items()
+                       if not k.lower().startswith("x-amz-checksum-")}
+            data = _XML_CHECKSUM.sub(b"", data)
+        if self.flip_gets and request_kind(h.command, h.path) == "GET" and data and \
+                status in (200, 206):
+            self._count("flipped")
+            i = len(data) // 2
+            data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
         is_part = h.command == "PUT" and "partNumber=" in h.path and "uploadId=" in h.path
         if is_part and status == 200:
             with self.lock:
@@ -152,9 +225,52 @@ class FaultProxy:
         upstream_length = next((v for k, v in headers.items() if k.lower() == "content-length"),
                                None)
         if h.command == "HEAD" and upstream_length is not None:
-            self._answer(h, status, headers, b"", length=int(upstream_length))
+            extra = self.head_extra_bytes if status == 200 else 0
+            if extra:
+                self._count("lying_heads")
+            self._answer(h, status, headers, b"", length=int(upstream_length) + extra)
             return
         self._answer(h, status, headers, data)
+
+    def _fake(self, real: str) -> str:
+        fake = hashlib.md5(real.encode()).hexdigest()[:16]
+        with self.lock:
+            self.fakes[fake] = real
+        return fake
+
+    def _real(self, etag: str) -> str:
+        with self.lock:
+            return self.fakes.get(etag.strip('"').lower(), etag.strip('"'))
+
+    def _fake_etags(self, headers: dict[str, str],
+                    data: bytes) -> tuple[dict[str, str], bytes]:
+        out = {}
+        for k, v in headers.items():
+            if k.lower() == "x-amz-server-side-encryption":
+                continue
+            out[k] = f'"{self._fake(v.strip(chr(34)).lower())}"' if k.lower() == "etag" else v
+        if b"<ETag>" in data:
+            self._count("faked_xml_etags")
+            data = _XML_ETAG.sub(lambda m: b"<ETag>&quot;" + self._fake(
+                m.group(2).decode().lower()).encode() + b"&quot;</ETag>", data)
+        return out, data
+
+    def _real_etags(self, h: http.server.BaseHTTPRequestHandler, body: bytes) -> bytes:
+        """Requests name the fake ETags the client was given: the server wants its own (and
+        a new signature, since If-Match is signed)."""
+        changed = False
+        for name in ("If-Match", "x-amz-copy-source-if-match"):
+            if (value := h.headers.get(name)) is not None:
+                del h.headers[name]
+                h.headers[name] = f'"{self._real(value)}"'
+                changed = True
+        if h.command == "POST" and b"<ETag>" in body:
+            body = _XML_ETAG.sub(lambda m: b'<ETag>"' + self._real(
+                m.group(2).decode()).encode() + b'"</ETag>', body)
+            changed = True
+        if changed:
+            _resign(h, body)
+        return body
 
     def _forward(self, h: http.server.BaseHTTPRequestHandler,
                  body: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -162,8 +278,10 @@ class FaultProxy:
         try:
             conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
             for k, v in h.headers.items():
-                if k.lower() not in HOP_BY_HOP:
+                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
                     conn.putheader(k, v)
+            if body or h.headers.get("Content-Length") is not None:
+                conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body if body else None)
             r = conn.getresponse()
             data = r.read()

@@ -13,15 +13,18 @@ import argparse
 import collections
 import datetime
 import hashlib
+import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.faultproxy import FaultProxy  # noqa: E402
@@ -170,6 +173,72 @@ def single_stream_phases(mnt: Path, proxy: FaultProxy, s3: object, bucket: str, 
             f"middle{happened}": out}
 
 
+def read_whole(path: Path) -> tuple[str | None, float]:
+    """(MD5 of the file read through the mount, or None on an error), and the seconds taken."""
+    t0 = time.monotonic()
+    digest = hashlib.md5()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(MiB):
+                digest.update(chunk)
+    except OSError:
+        return None, time.monotonic() - t0
+    return digest.hexdigest(), time.monotonic() - t0
+
+
+def trust_phases(mnt: Path, proxy: FaultProxy, written: dict[str, str], log: Path,
+                 reads: int) -> list[tuple[str, str]]:
+    """Faults a checksum or a timeout must catch, on objects the soak wrote: a bit flipped in
+    every GET body, S3 silent for 10 s, HEAD over-reporting sizes by one byte."""
+    rng = random.Random(11)
+    keys = rng.sample(sorted(written), min(reads, len(written)))
+    rows = []
+    proxy.flip_gets = True
+    results = [read_whole(mnt / k) for k in keys]
+    proxy.clear()
+    eio = sum(r[0] is None for r in results)
+    wrong = sum(r[0] is not None and r[0] != written[k] for k, r in zip(keys, results,
+                                                                       strict=True))
+    rows.append((f"one bit flipped in every GET body: whole reads of {len(keys)} objects "
+                 "(1-25 MiB, single-part and multipart)",
+                 f"{eio} EIO, **{wrong} wrong**, {len(keys) - eio - wrong} right"))
+    before = log.read_text(errors="replace").count("S3 stall: ")
+    proxy.hang_until = time.monotonic() + 10
+    with_threads: list[tuple[str | None, float]] = []
+    threads = [threading.Thread(target=lambda k=k: with_threads.append(read_whole(mnt / k)))
+               for k in keys[:4]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(OP_TIMEOUT)
+    proxy.clear()
+    text = log.read_text(errors="replace")
+    warned = text.count("S3 stall: ") - before
+    over = [float(x) for x in re.findall(r"S3 stall over: .* after ([0-9.]+) s", text)[-warned:]]
+    ok = sum(r[0] is not None for r in with_threads)
+    rows.append(("S3 silent for 10 s (connections accepted, never answered) during 4 reads",
+                 f"{ok}/4 reads right after {max(r[1] for r in with_threads):.1f} s; "
+                 f"{warned} stall warnings, one per request waiting; stalls lasted "
+                 f"{min(over, default=0):.1f}-{max(over, default=0):.1f} s"))
+    proxy.head_extra_bytes = 1
+    lies = [read_whole(mnt / k) for k in keys[:5]]
+    proxy.clear()
+    right = sum(r[0] == written[k] for k, r in zip(keys, lies, strict=False))
+    failed = [r[1] for r in lies if r[0] is None]
+    rows.append(("HEAD reporting one byte more than the object has: 5 reads (a size the "
+                 "mount took from a listing does not lie, and reads right)",
+                 f"{len(failed)} EIO (slowest after {max(failed, default=0):.2f} s), "
+                 f"{right} right, **{len(lies) - len(failed) - right} wrong**"))
+    return rows
+
+
+def status_json(mnt: Path) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, "-m", "s3mount.cli", "status", str(mnt), "--json"],
+                       capture_output=True, text=True, timeout=30)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
 def vm_hwm_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -188,6 +257,8 @@ def main() -> int:
     ap.add_argument("--big-size", type=int, default=1024, metavar="MiB")
     ap.add_argument("--outage", type=float, default=60, metavar="SECONDS")
     ap.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
+    ap.add_argument("--trust-reads", type=int, default=20,
+                    help="objects read whole with a bit flipped in every GET body")
     args = ap.parse_args()
     faults = {"error_rate": args.error_rate, "reset_rate": 0.02, "truncate_rate": 0.05}
     server = SeaweedServer().start()
@@ -240,6 +311,8 @@ def main() -> int:
             proxy.clear()
             hwm = vm_hwm_mib(proc.pid)
             counts = dict(proxy.counts)
+            health = status_json(mnt)
+            trust = trust_phases(mnt, proxy, soak.written, work / "mount.log", args.trust_reads)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
         if proc is not None:
@@ -251,7 +324,7 @@ def main() -> int:
         source.unlink(missing_ok=True)
         big.unlink(missing_ok=True)
     text = report(soak.stats, counts, faults, args, elapsed, hwm, phases, single_elapsed,
-                  single_hwm)
+                  single_hwm, health, trust)
     Path(args.out).write_text(text)
     print(text)
     bad = soak.stats["corrupt objects"] + soak.stats["wrong reads"] + soak.stats["hangs"]
@@ -262,7 +335,7 @@ def main() -> int:
 def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[str, float],
            args: argparse.Namespace, elapsed: float, hwm: float,
            phases: dict[str, collections.Counter[str]], single_elapsed: float,
-           single_hwm: float) -> str:
+           single_hwm: float, health: dict[str, Any], trust: list[tuple[str, str]]) -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     rows = [("writes (dd of 1-25 MiB)", stats["writes"]),
             ("objects verified in the bucket (MD5 of the whole object)",
@@ -274,7 +347,14 @@ def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[
             ("reads that returned the object's bytes", stats["reads right"]),
             ("loud read failures (EIO)", stats["loud read failures"]),
             ("**wrong reads**", stats["wrong reads"]),
-            ("**hangs** (an operation over 300 s)", stats["hangs"])]
+            ("**hangs** (an operation over 300 s)", stats["hangs"]),
+            ("whole reads the mount verified against the ETag (`s3mount status`)",
+             f"{health['reads']['verified_objects']} "
+             f"({health['reads']['verified_bytes'] / MiB:.0f} MiB), "
+             f"{health['reads']['failed_objects']} failed"),
+            ("S3 stall episodes (one warning each) / retries by kind",
+             f"{health['s3']['stalls']} / "
+             + ", ".join(f"{k} {v}" for k, v in sorted(health['s3']['retries'].items())))]
     injected = ", ".join(f"{k} {v}" for k, v in sorted(proxy.items()))
     single = [f"| {name} | {c['runs']} | {c['bytes written'] / MiB:.0f} MiB | "
               f"{c['objects verified']} | {c['loud write failures']} | "
@@ -298,10 +378,18 @@ def report(stats: collections.Counter[str], proxy: dict[str, int], faults: dict[
         "| outcome | count |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
         f"Elapsed {elapsed:.0f} s; peak RSS of the mount over the whole soak {hwm:.0f} MiB. "
         "What the README says to expect: about 60 MiB for the process at idle, `--max-memory` "
-        "24 MiB, `--read-memory` 128 MiB, and up to 1 MiB per file operation in flight "
+        "24 MiB, `--read-memory` 128 MiB, up to 1 MiB per file operation in flight "
         f"({args.writers + args.readers} processes here, a reader with up to two requests "
-        f"once the kernel reads ahead: about {args.writers + 2 * args.readers} MiB), so "
-        f"about {60 + 24 + 128 + args.writers + 2 * args.readers} MiB.", "",
+        f"once the kernel reads ahead: about {args.writers + 2 * args.readers} MiB), and up "
+        "to 4 MiB of read replies per file waiting to be hashed by verified reads "
+        f"({4 * args.readers} MiB), so about "
+        f"{60 + 24 + 128 + args.writers + 6 * args.readers} MiB.", "",
+        "## Trust: faults only a checksum or a clock can catch", "",
+        "Run after the mix, on objects it wrote, with no other fault injected.", "",
+        "| fault | outcome |", "|---|---|", *[f"| {k} | {v} |" for k, v in trust], "",
+        "`tests/test_trust.py` checks each of these on its own, and a server whose ETags are "
+        "not MD5s (refused at mount start with advice; with checksums, or with `--verify "
+        "read-back`, every write verified).", "",
         "The fast fault tests (`tests/test_faults.py`, part of `make test`) check each fault "
         "on its own: 10% errors and 5% resets during a dd, rewritten part ETags (caught every "
         "time: resent, or EIO at close), truncated GET bodies (the bytes read are right), a "

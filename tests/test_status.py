@@ -35,6 +35,7 @@ def status(m: Mount, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_status_shows_a_live_upload(mount_factory: Callable[..., Mount], s3: Any,
                                     bucket: str) -> None:
+    before = time.monotonic()
     m = mount_factory(bucket)
     sock = socket_path(str(m.path))
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600  # private to the mounting user
@@ -55,6 +56,9 @@ def test_status_shows_a_live_upload(mount_factory: Callable[..., Mount], s3: Any
         assert up["bytes_uploaded"] == P and up["parts_uploaded"] == 1
         assert up["parts_started"] == 3 and up["rate_bytes_s"] > 0
         assert doc["bucket"] == bucket and doc["totals"]["in_flight"] == 1
+        # The mount started after `before`: its uptime is no more than the time since then
+        # (it was once taken from trio's clock, whose offset made it hugely negative).
+        assert 0 <= doc["uptime_s"] <= time.monotonic() - before + 0.1
         assert doc["write_memory"]["used"] == 2 * P  # part 1, and the part being filled
         text = status(m).stdout
         assert "live.bin" in text and "5 MiB of 12 MiB uploaded and verified" in text

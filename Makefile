@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # tests/test_programs.py, test_sparse.py and test_rewrite.py, and s3fs and rclone, whose
 # metadata conventions tests/test_meta.py checks (make bench compares s3mount with them too).
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync unzip zip systemd xz-utils zstd lz4 \
-  p7zip-full git vim rdiff-backup gddrescue aria2 curl s3fs rclone
+  p7zip-full git vim rdiff-backup gddrescue aria2 curl ffmpeg s3fs rclone
 BENCH_APT_PACKAGES := s3fs rclone
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

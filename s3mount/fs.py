@@ -293,8 +293,13 @@ class S3Fs(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         h = self.handles.get(fh)
+        if isinstance(h, WriteHandle) and h.upload is not None:
+            raise FsError(f"{h.node.path!r} is being written: it can be read once it is "
+                          "closed (programs that read back what they write, such as "
+                          "databases, need random access, which S3 objects do not give)",
+                          errno.EPERM)
         reader = h.reader if isinstance(h, ReadHandle | WriteHandle) else None
-        if reader is None or (isinstance(h, WriteHandle) and h.upload is not None):
+        if reader is None:
             raise FsError("this handle was opened for writing only", errno.EBADF)
         return await reader.read(off, size)
 

@@ -42,10 +42,11 @@ class Node:
     writes: int = 0  # names this mount made appear in this directory (see InodeTable.wrote)
     etag_seen: str = ""  # the ETag `meta` belongs to
     target: bytes | None = None  # a symbolic link's target, once read
+    meta_pending: bool = False  # `meta` was set here and is not stored yet: S3's is older
 
     def apply(self, entry: Entry, expires: float) -> None:
         self.size, self.mtime, self.etag = entry.size, entry.mtime, entry.etag
-        if entry.meta is not None or entry.etag != self.etag_seen:
+        if not self.meta_pending and (entry.meta is not None or entry.etag != self.etag_seen):
             self.meta = entry.meta  # (a LIST entry of the same object keeps what HEAD said)
         if entry.etag != self.etag_seen:
             self.target = None

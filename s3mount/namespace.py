@@ -361,6 +361,7 @@ class Namespace:
                       dst_busy=dst is not None and dst.writing)
         if src.kind == "file":
             pending = self.pending_meta.pop(src.ino, None)  # rsync: set on its temporary file
+            src.meta_pending = False
             info = await self.renamer.move_file(
                 self.keys.file_key(old), self.keys.file_key(new),
                 src.meta.to_headers() if pending is not None and src.meta else None)
@@ -679,6 +680,7 @@ class Namespace:
         if w is not None:
             w.upload.meta = {**w.upload.meta, **new.to_headers()}
             return
+        node.meta_pending = True
         if node.ino not in self.pending_meta:
             self.pending_meta[node.ino] = node
             if self.nursery is not None:
@@ -688,12 +690,14 @@ class Namespace:
 
     async def _store_meta_later(self, node: Node) -> None:
         await trio.sleep(META_DELAY)
-        await self._store_meta(node)
+        if self.pending_meta.get(node.ino) is node:  # (else a rename carried them)
+            await self._store_meta(node)
 
     async def _store_meta(self, node: Node) -> None:
         """Copy the object onto itself with the node's metadata merged into its own (the
         copy keeps the bytes and the ETag). Failures are logged: the bytes are safe."""
         self.pending_meta.pop(node.ino, None)
+        node.meta_pending = False
         if node.detached or node.writing or node.meta is None:
             return
         key = self.keys.file_key(node.path)

@@ -8,6 +8,7 @@ import functools
 import http.server
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -217,3 +218,35 @@ def test_rsync_a_twice_transfers_nothing_the_second_time(mounted: Mount, s3: Any
     assert "Total transferred file size: 0 bytes" in second, second
     assert get(s3, bucket, "r/lib/secret") == b"private\n"
     assert not [k for k in keys(s3, bucket) if "/." in k]  # no temporary file left
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_ffmpeg_writes_a_video(mounted: Mount, s3: Any, bucket: str, tmp_path: Path,
+                               ext: str) -> None:
+    """ffmpeg patches its container's header after the data (mp4's mdat size at offset 36,
+    mkv's segment size and cues): within part 1, which is held until close."""
+    args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+            "testsrc=duration=3:size=320x240:rate=25", "-c:v", "mpeg4", "-fflags", "+bitexact",
+            "-flags", "+bitexact", "-map_metadata", "-1"]
+    run(*args, str(tmp_path / f"local.{ext}"))
+    run(*args, str(mounted.path / f"video.{ext}"))
+    assert get(s3, bucket, f"video.{ext}") == (tmp_path / f"local.{ext}").read_bytes()
+    assert run("ffprobe", "-loglevel", "error", "-show_entries", "format=duration", "-of",
+               "csv=p=0", str(mounted.path / f"video.{ext}")).stdout.startswith("3.0")
+
+
+def test_a_database_is_refused_with_a_clear_line(mounted: Mount, s3: Any, bucket: str) -> None:
+    """sqlite reads back what it writes and rewrites its journal after syncing it: random
+    access, which a streamed object cannot give. It fails with an error, and the log says
+    why; nothing half-written is left as the database."""
+    mounted.allowed_errors += ["need random access", "already completed"]
+    code = ("import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1])\n"
+            "c.execute('create table t(x)')\n"
+            "c.executemany('insert into t values (?)', [(i,) for i in range(1000)])\n"
+            "c.commit()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(mounted.path / "db.sqlite")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "disk I/O error" in r.stderr, r.stderr
+    log = mounted.log()
+    assert "need random access" in log or "already completed" in log

@@ -7,9 +7,10 @@ would add CRC32 checksums and `aws-chunked` bodies that several S3-compatible se
 we switch that off and send Content-MD5 ourselves.
 
 `Health` keeps what the mount knows of S3's health: requests waiting and since when, retries
-and errors by kind, latencies, the last success. A request unanswered for `--stall-warning`
-seconds (5), or retried, is one *stall episode*: one warning when it starts, one line when it
-ends, however many retries it takes.
+and errors by kind, latencies, the last success. A request unanswered for 5 s
+(`Config.stall_warning`), or retried, is in trouble, and opens a *stall episode*: one warning
+when it starts, one line when no request is in trouble any more, however many retries and
+requests it takes; trouble within 30 s of the last episode continues it quietly.
 """
 
 from __future__ import annotations
@@ -278,8 +279,17 @@ class Histogram:
                 self.counts[i] += 1
 
 
+EPISODE_QUIET = 30.0  # seconds without trouble that end a stall episode for the log
+
+
 class Health:
-    """S3's health as this mount sees it; updated from the event loop only."""
+    """S3's health as this mount sees it; updated from the event loop only.
+
+    A request that is retried, or unanswered for `stall_after` seconds, is in trouble. The
+    first one opens a *stall episode*: one warning. The episode lasts while any request is in
+    trouble; its end is one line. Trouble that comes back within EPISODE_QUIET seconds of the
+    last episode's end continues that episode quietly (debug lines), so that a server failing
+    one request in ten gives one warning, not one per retry."""
 
     def __init__(self, stall_after: float) -> None:
         self.stall_after = stall_after
@@ -290,6 +300,10 @@ class Health:
         self.latency: dict[str, Histogram] = collections.defaultdict(Histogram)
         self.stalls = 0  # episodes warned about
         self.last_success: float | None = None  # time.time()
+        self.troubled = 0  # requests in trouble, still pending
+        self.loud = False  # the current episode was warned about
+        self.episode_requests = 0  # requests in trouble in the current episode
+        self.last_episode_end = -float("inf")  # time.monotonic()
 
     def begin(self, what: str) -> Pending:
         p = Pending(what.partition(" ")[0], what, time.monotonic())
@@ -300,20 +314,31 @@ class Health:
         p.retries += 1
         p.last_error = str(err)
         self.retries[p.kind] += 1
-        if not p.warned:
-            self._warn(p, f"failed after {time.monotonic() - p.since:.1f} s ({err}); "
-                       f"retrying in {pause:.1f} s")
+        self._trouble(p, f"failed after {time.monotonic() - p.since:.1f} s ({err}); "
+                         f"retrying in {pause:.1f} s")
 
     def stalled(self, now: float) -> None:
-        """Warn about each request unanswered for `stall_after` seconds (once)."""
+        """Note each request unanswered for `stall_after` seconds as in trouble."""
         for p in list(self.pending.values()):
-            if not p.warned and now - p.since >= self.stall_after:
-                self._warn(p, f"not answered for {now - p.since:.1f} s; waiting")
+            if now - p.since >= self.stall_after:
+                self._trouble(p, f"not answered for {now - p.since:.1f} s; waiting")
 
-    def _warn(self, p: Pending, how: str) -> None:
+    def _trouble(self, p: Pending, how: str) -> None:
+        if p.warned:
+            return
         p.warned = True
-        self.stalls += 1
-        log.warning("S3 stall: %s %s (one warning per stall; its end is logged)", p.what, how)
+        self.troubled += 1
+        self.episode_requests += 1
+        if self.troubled > 1 or self.episode_requests > 1:
+            log.debug("S3 stall goes on: %s %s", p.what, how)
+            return
+        self.loud = time.monotonic() - self.last_episode_end >= EPISODE_QUIET
+        if self.loud:
+            self.stalls += 1
+            log.warning("S3 stall: %s %s (one warning per stall; its end is logged)",
+                        p.what, how)
+        else:
+            log.debug("S3 stall again: %s %s", p.what, how)
 
     def end(self, p: Pending, ok: bool) -> None:
         self.pending.pop(id(p), None)
@@ -324,11 +349,18 @@ class Health:
             self.last_success = time.time()
         else:
             self.errors[p.kind] += 1
-        if p.warned:
-            log.log(logging.WARNING if not ok else logging.INFO,
-                    "S3 stall over: %s %s after %.1f s (%d %s)", p.what,
-                    "answered" if ok else "failed for good", took, p.retries,
-                    "retry" if p.retries == 1 else "retries")
+        if not p.warned:
+            return
+        self.troubled -= 1
+        if self.troubled:
+            return
+        level = (logging.WARNING if not ok else logging.INFO) if self.loud else logging.DEBUG
+        log.log(level, "S3 stall over: %s %s after %.1f s (%d %s; %d %s in trouble in this "
+                "stall)", p.what, "answered" if ok else "failed for good", took, p.retries,
+                "retry" if p.retries == 1 else "retries", self.episode_requests,
+                "request" if self.episode_requests == 1 else "requests")
+        self.episode_requests = 0
+        self.last_episode_end = time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -308,13 +308,14 @@ class S3Fs(pyfuse3.Operations):
         h = self.handles.get(fh)
         if not isinstance(h, WriteHandle):
             raise FsError("this handle was opened for reading only", errno.EBADF)
-        if h.upload is None:
-            async with h.lock:
-                if h.upload is None:
+        if h.upload is None or h.upload.state is UploadState.DONE:
+            async with h.lock:  # (the first write into an existing object starts its upload)
+                if h.upload is None or h.upload.state is UploadState.DONE:
                     if h.reader is not None:
                         h.reader.close()
                         h.reader = None
-                    h.upload = await self.ns.write_existing(h.node, off)
+                    h.upload = await self.ns.write_existing(h.node, off,
+                                                            synced=h.upload is not None)
         return await h.upload.write(off, buf)
 
     @_fuse_errors

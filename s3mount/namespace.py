@@ -490,13 +490,15 @@ class Namespace:
         self.inodes.opened(node)
         return node, upload
 
-    async def write_existing(self, node: Node, off: int) -> Upload:
-        """The upload for the first write into an existing file opened without O_TRUNC. At its
-        end (`>>`, O_APPEND, `curl -C -`): a new upload that starts with the object's bytes,
-        read back and sent again through the same checks as written bytes, then takes the
-        appended ones; the old object is replaced only when the new one is verified. Anywhere
-        else the write would change the object in place: EPERM."""
-        if off != node.size:
+    async def write_existing(self, node: Node, off: int, synced: bool = False) -> Upload:
+        """The upload for the first write into an existing file opened without O_TRUNC, or
+        for a write after fsync completed the handle's upload (`synced`). At its end (`>>`,
+        O_APPEND, `curl -C -`), or after an fsync anywhere the rewrite window reaches (vim's
+        swap file): a new upload that starts with the object's bytes, read back and sent again
+        through the same checks as written bytes, then takes the write; the old object is
+        replaced only when the new one is verified. Anywhere else, a write into an object
+        opened without O_TRUNC would change it in place: EPERM."""
+        if off != node.size and not (synced and off < node.size):
             raise FsError(f"{node.path!r}: a write at offset {off} would change the existing "
                           f"object ({node.size} bytes) in place; S3 objects can only be "
                           "replaced whole: open it with O_TRUNC (as cp, dd and > do) or "

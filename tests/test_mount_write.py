@@ -263,20 +263,28 @@ def test_file_being_written_shows_its_size(mounted: Mount, s3: Any, bucket: str)
     assert s3.head_object(Bucket=bucket, Key="growing.bin")["ContentLength"] == 7 * MiB
 
 
-def test_fsync_completes_and_later_writes_fail(mounted: Mount, s3: Any, bucket: str) -> None:
-    mounted.allowed_errors.append("already completed")
+def test_fsync_completes_and_later_writes_go_on(mounted: Mount, s3: Any, bucket: str) -> None:
+    """fsync completes the upload; a later write on the handle starts a new one that begins
+    with the object's bytes (vim writes, syncs and rewrites the start of its swap file)."""
     fd = os.open(mounted.path / "s.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, b"synced")
         os.fsync(fd)
         assert get(s3, bucket, "s.bin") == b"synced"
         os.fsync(fd)  # nothing new: its result again
-        with pytest.raises(OSError) as exc:
-            os.write(fd, b"more")
-        assert exc.value.errno == errno.EBADF
+        os.write(fd, b" more")
+        os.pwrite(fd, b"S", 0)  # within the first part: applied
+        os.fsync(fd)
+        assert get(s3, bucket, "s.bin") == b"Synced more"
+        os.write(fd, b"!")
     finally:
         os.close(fd)
-    assert get(s3, bucket, "s.bin") == b"synced"
+    assert get(s3, bucket, "s.bin") == b"Synced more!"
+    (mounted.path / "v.txt").write_bytes(b"one\ntwo\n")
+    subprocess.run(["vim", "-es", "-u", "NONE", "-c", "%s/one/ONE/", "-c", "wq",
+                    str(mounted.path / "v.txt")], check=True, timeout=60)  # with its swap file
+    assert get(s3, bucket, "v.txt") == b"ONE\ntwo\n"
+    assert not [k for k in keys(s3, bucket) if k.endswith(".swp")]
 
 
 def test_fsync_before_any_byte_is_a_no_op(mounted: Mount, s3: Any, bucket: str) -> None:
@@ -411,6 +419,6 @@ def test_open_without_o_trunc_then_truncate_to_zero_replaces(mounted: Mount, s3:
     os.truncate(m / "lines", 0)  # by path, no handle: the object is replaced by an empty one
     assert get(s3, bucket, "lines") == b""
     (m / "v.txt").write_bytes(b"one\ntwo\n")
-    subprocess.run(["vim", "-es", "-n", "-u", "NONE", "-c", "%s/one/ONE/", "-c", "wq",
+    subprocess.run(["vim", "-es", "-u", "NONE", "-c", "%s/one/ONE/", "-c", "wq",
                     str(m / "v.txt")], check=True, timeout=60)
     assert get(s3, bucket, "v.txt") == b"ONE\ntwo\n"

@@ -18,9 +18,10 @@ import trio
 
 from .config import Config
 from .errors import QuietError, StoreError
+from .objects import UploadInfo
 from .options import Parser, build_config, parse_age, parse_mount_args
 from .schedule import human_size
-from .store import S3Store, UploadInfo
+from .store import S3Store
 
 log = logging.getLogger(__name__)
 CONNECTION_OPTIONS = ("--endpoint-url", "--keyfile", "--region", "--profile", "--config", "-o")

@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -26,12 +26,10 @@ from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
 from .inodes import Node
 from .meta import FileMeta
 from .namespace import Namespace
+from .objects import Store
 from .reader import Reader, Readers
 from .s3view import Entry
 from .writer import Uploads, UploadState
-
-if TYPE_CHECKING:  # the type of the constructor's argument only: no S3 call is made here
-    from .store import Store
 
 log = logging.getLogger(__name__)
 _NO_META = FileMeta()

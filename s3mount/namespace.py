@@ -40,9 +40,9 @@ from .meta import (
     link_target,
     symlink_body,
 )
+from .objects import Store
 from .renamer import Renamer
 from .s3view import Entry, S3View, file_entry
-from .store import Store
 from .writer import Upload, Uploads, UploadState
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from .config import Config
 from .errors import AccessDenied, QuietError, StoreError
 from .etag import etag_is_md5
 from .keys import PROBE_PREFIX, KeyMap
-from .store import S3Store, Sent
+from .objects import Sent
+from .store import S3Store
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from .checksum import Hasher
 from .config import MiB
 from .errors import IntegrityError, SizeMismatch, StoreError
 from .etag import etag_is_md5, multipart_etag, verifiable_parts
-from .store import ObjectInfo, Store
+from .objects import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from .config import S3_MAX_PUT
 from .errors import FsError, IntegrityError, StoreError, first_error
 from .etag import EMPTY_MD5, etag_is_md5
 from .keys import KeyMap
+from .objects import ObjectInfo, Store
 from .s3view import Kind, S3View
-from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 COPY_CONCURRENCY = 8

@@ -19,7 +19,7 @@ import trio
 from .errors import first_error
 from .keys import KeyMap
 from .meta import FileMeta
-from .store import ListPage, ObjectInfo, Store
+from .objects import ListPage, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 

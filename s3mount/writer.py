@@ -43,8 +43,8 @@ from .checksum import Algorithm
 from .config import Config
 from .errors import FsError, IntegrityError, StoreError
 from .etag import MultipartETag, etag_is_md5, md5_shaped
+from .objects import Extra, ObjectInfo, Sent, Store
 from .schedule import PartSchedule
-from .store import Extra, ObjectInfo, Sent, Store
 
 if TYPE_CHECKING:
     from .probe import ServerTraits

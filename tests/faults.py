@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from s3mount.errors import StoreError, TransientError
-from s3mount.store import Extra, Meta, ObjectInfo, Sent, Store
+from s3mount.objects import Extra, Meta, ObjectInfo, Sent, Store
 
 
 class FaultyStore:

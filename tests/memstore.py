@@ -32,16 +32,7 @@ from s3mount.checksum import Algorithm
 from s3mount.config import S3_MAX_PARTS, S3_MIN_PART
 from s3mount.errors import NoSuchKey, PreconditionFailed, StoreError, TransientError
 from s3mount.etag import etag_is_md5
-from s3mount.store import (
-    Body,
-    Extra,
-    ListPage,
-    ObjectInfo,
-    PartDone,
-    Sent,
-    Started,
-    UploadInfo,
-)
+from s3mount.objects import Body, Extra, ListPage, ObjectInfo, PartDone, Sent, Started, UploadInfo
 
 MAX_LIST_KEYS = 1000  # S3 returns at most this many entries a page, whatever MaxKeys asks
 

@@ -27,8 +27,9 @@ import trio
 
 from s3mount.config import Config
 from s3mount.keys import KeyMap
+from s3mount.objects import ListPage, ObjectInfo
 from s3mount.s3view import S3View
-from s3mount.store import ListPage, ObjectInfo, S3Store
+from s3mount.store import S3Store
 from tests.conftest import Mount, get, keys, put
 from tests.seaweed import SeaweedServer, find_weed
 from tests.test_fs import CTX, ROOT, errno_of, make_fs

@@ -20,7 +20,8 @@ from s3mount import checksum
 from s3mount.config import Config, MiB
 from s3mount.errors import IntegrityError
 from s3mount.etag import etag_is_md5
-from s3mount.store import Extra, Meta, ObjectInfo, S3Store, Sent, Started
+from s3mount.objects import Extra, Meta, ObjectInfo, Sent, Started
+from s3mount.store import S3Store
 from s3mount.writer import Upload, Uploads
 from tests.conftest import get, keys, open_uploads
 from tests.faults import FaultyStore

@@ -18,9 +18,10 @@ import pytest
 from s3mount.config import Config, MiB
 from s3mount.errors import FsError, IntegrityError
 from s3mount.etag import stream_etag
+from s3mount.objects import ObjectInfo
 from s3mount.renamer import Renamer, parts_of
 from s3mount.schedule import PartSchedule
-from s3mount.store import ObjectInfo, S3Store
+from s3mount.store import S3Store
 from tests.conftest import Mount, get, keys, open_uploads, put
 from tests.faults import FaultyStore
 

@@ -21,7 +21,8 @@ from s3mount import checksum
 from s3mount.config import MiB
 from s3mount.errors import NoSuchKey, PreconditionFailed, StoreError, TransientError
 from s3mount.etag import multipart_etag
-from s3mount.store import ObjectInfo, S3Store, Store
+from s3mount.objects import ObjectInfo, Store
+from s3mount.store import S3Store
 from tests.memstore import MemStore
 
 P = 5 * MiB  # S3's minimum size of a part that is not the last

@@ -28,8 +28,9 @@ import trio
 from s3mount.checksum import get as algorithm
 from s3mount.config import Config, MiB
 from s3mount.errors import FsError, IntegrityError
+from s3mount.objects import Extra, Sent, Store
 from s3mount.probe import ServerTraits
-from s3mount.store import Extra, S3Store, Sent, Store
+from s3mount.store import S3Store
 from s3mount.writer import Uploads
 from tests.conftest import Mount, get, keys, open_uploads, s3mount_cmd, start_mount
 from tests.faultproxy import FaultProxy
@@ -398,8 +399,8 @@ def test_etag_shapes() -> None:
 @pytest.mark.expect_log(r"^s3mount\.probe: s3://bkt/: this server's ETags are not MD5s")
 def test_probe_decisions() -> None:
     from s3mount.errors import QuietError
+    from s3mount.objects import Sent
     from s3mount.probe import PROBE_BODY, decide, traits_of
-    from s3mount.store import Sent
 
     algo = algorithm("crc32c")
     md5 = hashlib.md5(PROBE_BODY).digest()

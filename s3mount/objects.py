@@ -1,0 +1,98 @@
+"""What the filesystem asks of S3 and what S3 answers: the `Store` protocol and its value
+types. No boto3 here: `store.py` implements the protocol with it, `tests/memstore.py` in
+memory, and the layers above (namespace, reader, writer, renamer, fs) depend only on this."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .checksum import Algorithm
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+    etag: str  # without quotes
+    checksum: str | None = None  # additional checksum, when asked for and stored
+    encryption: str | None = None  # x-amz-server-side-encryption, or "SSE-C"
+    # From HEAD only (None from LIST): user metadata, keys without `x-amz-meta-` (meta.py
+    # reads them), and the Content-Type.
+    meta: dict[str, str] | None = field(default=None, hash=False)
+    content_type: str | None = None
+    checksum_algorithm: str | None = None  # our name of `checksum`'s algorithm ("crc32c")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What S3 answered to a PutObject or UploadPart."""
+
+    etag: str
+    checksum: str | None = None  # the additional checksum S3 computed, if one was sent
+    encryption: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """What S3 answered to CreateMultipartUpload."""
+
+    upload_id: str
+    encryption: str | None = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    key: str
+    upload_id: str
+    initiated: float
+
+
+class Store(Protocol):
+    """What the filesystem needs from S3; tests wrap it to inject faults."""
+
+    async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None: ...
+    async def list_page(self, prefix: str, delimiter: str | None = "/",
+                        token: str | None = None, max_keys: int = 1000) -> ListPage: ...
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None: ...
+    async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
+                  meta: Meta | None = None, content_type: str | None = None) -> Sent: ...
+    async def create_upload(self, key: str, algorithm: Algorithm | None = None,
+                            meta: Meta | None = None,
+                            content_type: str | None = None) -> Started: ...
+    async def upload_part(self, key: str, upload_id: str, number: int,
+                          body: Body, md5: bytes, checksum: Extra | None = None) -> Sent: ...
+    async def complete_upload(self, key: str, upload_id: str,
+                              parts: Sequence[PartDone]) -> str: ...
+    async def abort_upload(self, key: str, upload_id: str) -> None: ...
+    async def copy(self, src: str, dst: str, etag: str, meta: Meta | None = None,
+                   content_type: str | None = None) -> str: ...
+    async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,
+                        end: int, etag: str) -> str: ...
+    async def part_size(self, key: str, number: int, etag: str) -> int | None: ...
+    async def delete(self, key: str) -> None: ...
+
+
+# An additional checksum to send: the algorithm and the base64 value.
+Extra = tuple[Algorithm, str]
+# User metadata as boto3's `Metadata=` takes it: keys without `x-amz-meta-` (meta.py makes it).
+Meta = dict[str, str]
+# A part for CompleteMultipartUpload: number, ETag, and the additional checksum it was sent with.
+PartDone = tuple[int, str, Extra | None]
+
+
+class SeekableBody(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+
+Body = bytes | bytearray | SeekableBody

@@ -498,6 +498,9 @@ class Namespace:
         through the same checks as written bytes, then takes the write; the old object is
         replaced only when the new one is verified. Anywhere else, a write into an object
         opened without O_TRUNC would change it in place: EPERM."""
+        if node.detached:
+            raise FsError(f"{node.path!r} was removed or replaced since this handle's upload "
+                          "completed; nothing more can be written through it", errno.EBADF)
         if off != node.size and not (synced and off < node.size):
             raise FsError(f"{node.path!r}: a write at offset {off} would change the existing "
                           f"object ({node.size} bytes) in place; S3 objects can only be "

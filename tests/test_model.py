@@ -60,6 +60,7 @@ class MHandle:
     path: str
     data: bytearray = field(default_factory=bytearray)
     open: bool = True  # not completed yet
+    dead: bool = False  # completed, then its file was removed or replaced by a rename
 
 
 @dataclass
@@ -165,7 +166,14 @@ class Model:
         if self.writing(path):
             return _err(errno.EBUSY)
         del self.files[path]
+        self._bury(path)
         return _ok()
+
+    def _bury(self, path: str) -> None:
+        """Completed handles of a file removed (or replaced by a rename) write no more."""
+        for h in self.handles:
+            if not h.open and h.path == path:
+                h.dead = True
 
     def open_write(self, path: str) -> Result:
         if err := self.parent_error(path):
@@ -178,10 +186,19 @@ class Model:
         return _ok()
 
     def write(self, h: MHandle, data: bytes) -> Result:
+        """After its upload completed (fsync, or a flush with data), a handle's write starts
+        a new upload that begins with the file's bytes as they are then."""
         if not h.open:
-            return _err(errno.EBADF)
+            if h.dead:
+                return _err(errno.EBADF)
+            if self.writing(h.path):
+                return _err(errno.EPERM)
+            h.open, h.data = True, bytearray(self.files[h.path])
         h.data += data
         return _ok(len(data))
+
+    def write_offset(self, h: MHandle) -> int:
+        return len(h.data) if h.open or h.dead else len(self.files.get(h.path, b""))
 
     def flush(self, h: MHandle, sync: bool) -> Result:
         if h.open and h.data:  # (an fsync with nothing written is a no-op)
@@ -245,6 +262,10 @@ class Model:
                 return _err(errno.ENOTDIR)
         if src == "file":
             self.files[new] = self.files.pop(old)
+            self._bury(new)
+            for h in self.handles:  # handles follow the file (its inode)
+                if h.path == old:
+                    h.path = new
             return _ok()
         # the keys below move; the marker too, and a directory without one gets one when
         # nothing lies below it (so that it exists under its new name)
@@ -258,6 +279,9 @@ class Model:
             self.markers.discard(d)
         self.dirs.update(new + d[len(old):] for d in moving)
         self.markers.update(new + d[len(old):] for d in moving_markers)
+        for h in self.handles:  # completed handles below follow their files
+            if h.path.startswith(old + "/"):
+                h.path = new + h.path[len(old):]
         if marked:
             self.markers.add(new)
         for p in [p for p in self.files if p.startswith(old + "/")]:
@@ -409,7 +433,7 @@ async def apply(model: Model, fs: Fs, op: tuple[Any, ...]) -> tuple[Result, Resu
         h = model.handles[i]
         if name == "write":
             data = bytes([args[2]]) * args[1]
-            offset = len(h.data)
+            offset = model.write_offset(h)
             return model.write(h, data), await _answer(fs.fs.write(fs.handles[i], offset, data))
         if name == "release":
             fh = fs.handles.pop(i)

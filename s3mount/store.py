@@ -187,7 +187,17 @@ def _rewound(body: Body) -> Any:
         return body
     body.seek(0)
     getbuffer = getattr(body, "getbuffer", None)
-    return body if getbuffer is None else _SendBody(getbuffer())
+    if getbuffer is None:
+        return body
+    view = getbuffer()
+    # botocore sends a file-like body after `Expect: 100-continue`, waiting for the
+    # server's go-ahead: a round trip that only pays off when a large body might be
+    # refused. A small one goes as bytes, in the request's first packets (a small file's
+    # PUT, cp -r: 0.3 ms a file of 3.9 measured; the copy is a few microseconds).
+    return bytes(view) if len(view) <= SMALL_BODY else _SendBody(view)
+
+
+SMALL_BODY = 1024 * 1024  # bodies up to this size go as bytes, without 100-continue
 
 
 SEND_BLOCK = 1024 * 1024  # bytes per sendall of a request body (urllib3 + botocore: 128 KiB)

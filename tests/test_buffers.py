@@ -130,7 +130,7 @@ def test_part_body_is_sent_from_its_buffer_in_large_blocks() -> None:
     copy in Python), 1 MiB at a time (urllib3's blocksize), from the start on every try."""
     import mmap
 
-    from s3mount.store import SEND_BLOCK, _rewound
+    from s3mount.store import SEND_BLOCK, SMALL_BODY, _rewound
 
     mem = mmap.mmap(-1, 3 * MiB)
     mem[:] = bytes(range(256)) * (3 * MiB // 256)
@@ -146,6 +146,10 @@ def test_part_body_is_sent_from_its_buffer_in_large_blocks() -> None:
     assert b"".join(blocks) == mem[:2 * MiB + 5]
     assert _rewound(body).read(3) == mem[:3]  # a retry sends it from its start again
     assert _rewound(b"abc") == b"abc"
+    # A small body (a small file's PUT) goes as bytes: botocore then sends it at once, with
+    # no `Expect: 100-continue` round trip first.
+    small = _rewound(PartBody(memoryview(mem)[:SMALL_BODY]))
+    assert isinstance(small, bytes) and small == mem[:SMALL_BODY]
 
 
 def test_client_sends_bodies_in_large_blocks() -> None:

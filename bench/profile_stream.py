@@ -7,11 +7,13 @@ machine shared with the server and other work.
 
     python bench/profile_stream.py [--runs 3] [--mib 1024] [--only read,write,raw-read,raw-write]
                                    [--mount-args "--read-ahead 64M"] [--pyspy DIR] [--native]
+                                   [--perf DIR]
 
-With --perf DIR, by perf instead (on-CPU samples, C and kernel frames). With --pyspy DIR every
-mount run is recorded by py-spy (raw collapsed stacks, all threads,
-DIR/NAME-RUN.txt); `python bench/profile_stream.py --top DIR/FILE.txt` prints the frames that
-hold the most samples.
+With --pyspy DIR every mount run is also recorded by py-spy (raw collapsed stacks, all
+threads, DIR/NAME-RUN.txt); `python bench/profile_stream.py --top DIR/FILE.txt` prints the
+frames that hold the most samples. py-spy counts time spent waiting in system calls too; with
+--perf DIR the runs are recorded by perf instead (on-CPU samples only, C and kernel frames;
+Debian: linux-perf): `perf report -i DIR/NAME-RUN.data --sort comm,dso,sym`.
 """
 
 from __future__ import annotations

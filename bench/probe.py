@@ -3,8 +3,9 @@
 On a mount: the random 256 KiB reads and the time to first byte (the other workloads are dd, cp,
 ls and find). For the raw S3 client: every workload, with boto3 as the mounts would use it
 (8 MiB parts, concurrency 4). Each prints one JSON line: {"seconds": ..., "maxrss_mib": ...,
-...}; the raw client reads its endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and
-AWS_SECRET_ACCESS_KEY.
+...}; the raw transfers add "cpu_seconds", the user + system CPU time of this process (all its
+threads) over the timed part, as the harness measures a mount's from /proc. The raw client
+reads its endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 
     python -m bench.probe fs-randread FILE --size BYTES --block BYTES --count N --seed N
     python -m bench.probe fs-ttfb FILE
@@ -43,6 +44,12 @@ def random_offsets(size: int, block: int, count: int, seed: int) -> list[int]:
 
 def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all threads."""
+    t = os.times()
+    return t.user + t.system
 
 
 def fs_randread(path: str, size: int, block: int, count: int, seed: int) -> dict[str, Any]:
@@ -116,10 +123,11 @@ def raw_upload(bucket: str, key: str, src: str, repeat: int) -> dict[str, Any]:
     s3, cfg = _client(), _transfer_config()
     stream = open(src, "rb") if repeat == 1 else Repeated(src, repeat)  # noqa: SIM115
     with stream:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), cpu_seconds()
         s3.upload_fileobj(stream, bucket, key, Config=cfg)
-        seconds = time.monotonic() - t0
-    return {"seconds": seconds, "bytes": s3.head_object(Bucket=bucket, Key=key)["ContentLength"]}
+        seconds, cpu = time.monotonic() - t0, cpu_seconds() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu,
+            "bytes": s3.head_object(Bucket=bucket, Key=key)["ContentLength"]}
 
 
 def raw_upload_dir(bucket: str, prefix: str, src: str) -> dict[str, Any]:
@@ -167,12 +175,12 @@ class _Sink(io.RawIOBase):
 def raw_download(bucket: str, key: str) -> dict[str, Any]:
     s3, cfg = _client(), _transfer_config()
     sink = _Sink()
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_seconds()
     s3.download_fileobj(bucket, key, sink, Config=cfg)
-    seconds = time.monotonic() - t0
+    seconds, cpu = time.monotonic() - t0, cpu_seconds() - c0
     if sink.n != sink.end:
         raise SystemExit(f"wrote {sink.n} bytes for a {sink.end}-byte object")
-    return {"seconds": seconds, "bytes": sink.n}
+    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": sink.n}
 
 
 def raw_randread(bucket: str, key: str, size: int, block: int, count: int,

@@ -8,7 +8,9 @@ requests each one makes: `cp -r` of 1,000 files of 4 KiB, time to first byte, an
 Each run is on a fresh mount, as in `make bench` (bench/workloads.py does the work). Timings
 are taken with the mount talking to the server directly; the request counts in a separate run
 through a counting proxy (tests/faultproxy.py), which adds latency of its own. With --pyspy DIR
-the timed runs are recorded by py-spy (collapsed stacks in DIR).
+the timed runs are recorded by py-spy (collapsed stacks in DIR). Each line also gives the CPU
+time of the mount process over the workload (user + system, /proc/PID/stat), steadier than the
+wall-clock figure on a shared machine.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tests.faultproxy import FaultProxy  # noqa: E402
 from tests.seaweed import SeaweedServer  # noqa: E402
 
 DATA_BUCKET = "prof-data"
+CPU: list[float] = []  # CPU seconds of the mount process over each timed workload
 WORKLOADS = ("create", "ttfb", "find")
 
 
@@ -83,7 +86,12 @@ def _mounted(env: Env, server: object, bucket: str, work: Path, extra: list[str]
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
     try:
-        return fn(mnt)
+        c0 = m.cpu_seconds()
+        value = fn(mnt)
+        c1 = m.cpu_seconds()
+        if c0 is not None and c1 is not None:
+            CPU.append(c1 - c0)
+        return value
     finally:
         if spy is not None:
             spy.send_signal(2)
@@ -134,10 +142,13 @@ def main() -> None:
         env = Env(server, server.client(), sizes, src, small, DATA_BUCKET)
         seed(env)
         for name in names:
+            CPU.clear()
             times = [run(env, name, server, work, i, extra, a.pyspy) for i in range(a.runs)]
             unit = "ms" if name == "ttfb" else "s"
             print(f"{name}: median {statistics.median(times):.3g} {unit} "
-                  f"(runs: {', '.join(f'{t:.3g}' for t in times)})", flush=True)
+                  f"(runs: {', '.join(f'{t:.3g}' for t in times)}); CPU of the mount "
+                  f"{statistics.median(CPU):.3g} s (runs: {', '.join(f'{c:.3g}' for c in CPU)})",
+                  flush=True)
             if a.no_count:
                 continue
             with FaultProxy(server.endpoint_url) as proxy:

@@ -132,6 +132,12 @@ def markdown(res: Results, figs: list[Figure], systems: list[System], meta: Meta
         f"before the mount (time to first byte); `ls -l` of a directory of "
         f"{sz.list_objects:,} objects; `find` over a tree of {sz.tree[0]} directories of "
         f"{sz.tree[1]} objects each (directories implied by the keys, no marker objects).",
+        "- CPU of the process (CPU-s/GiB), next to each throughput: the user + system CPU time "
+        "the mount process used during the workload (/proc/PID/stat before and after; its own "
+        "threads, not the kernel's work in `dd`), per GiB moved; for the raw client, its "
+        "process's (os.times) over the transfer. On this machine the server shares the cores: "
+        "CPU a client takes is taken from the server, and this figure varies far less than "
+        "MiB/s when others use the machine.",
         "- peak RSS: VmHWM of the mount process (/proc/PID/status), the largest over the write "
         "mount, and over the three read mounts; for the raw client, ru_maxrss of its process.",
         "",

@@ -39,6 +39,7 @@ from bench.systems import (  # noqa: E402
     version,
 )
 from bench.workloads import (  # noqa: E402
+    CPU_OF,
     FULL,
     QUICK,
     Env,
@@ -46,6 +47,7 @@ from bench.workloads import (  # noqa: E402
     drop_bucket,
     figures,
     make_sources,
+    moved_mib,
     put_ttfb_object,
     seed,
     session_steps,
@@ -122,7 +124,7 @@ class Bench:
                     put_ttfb_object(self.env, name, run)
             except Exception as exc:  # noqa: BLE001 - the server refused: these figures fail
                 for key in keys:
-                    self.res.fail(name, key, f"preparing the {session} bucket: {exc}")
+                    self._fail(name, key, f"preparing the {session} bucket: {exc}")
                 return None
             steps = [(k, fn) for k, fn in session_steps(self.env, system.kind, session, bucket,
                                                         ttfb) if k in keys]
@@ -157,7 +159,7 @@ class Bench:
         except BenchError as exc:
             say(f"    {session} mount: FAILED: {exc}")
             for key, _ in steps:
-                self.res.fail(system.name, key, str(exc))
+                self._fail(system.name, key, str(exc))
             self.res.fail(system.name, rss_key, str(exc))
             return None
         try:
@@ -172,10 +174,13 @@ class Bench:
              mount: Mount | None) -> None:
         fig = self.figs[key]
         t0 = time.monotonic()
+        self.env.raw_cpu.clear()
         try:
             if mount is not None:
                 mount.check()
+            cpu0 = mount.cpu_seconds() if mount is not None else None
             value = fn()
+            cpu = self._cpu_used(mount, cpu0)
         except BenchError as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - any surprise is one failed figure
@@ -183,13 +188,41 @@ class Bench:
         else:
             self.res.add(system.name, key, value)
             say(f"    {fig.label}: {fmt(value)} {fig.unit} ({time.monotonic() - t0:.1f} s)")
+            if key in CPU_OF:
+                self._add_cpu(system, key, cpu)
             return
+        if key in CPU_OF:
+            self.res.fail(system.name, CPU_OF[key], f"{fig.label} failed")
         if mount is not None and mount.proc.poll() is not None and "mount process" not in reason:
             reason += f" (mount process exited with {mount.proc.returncode})"
         self.res.fail(system.name, key, reason)
         say(f"    {fig.label}: FAILED: {reason}")
         if mount is not None:
             say(f"      log tail: {log_tail(mount.log, 5)}")
+
+
+    def _fail(self, name: str, key: str, reason: str) -> None:
+        """A figure failed, and so did the CPU time measured with it."""
+        self.res.fail(name, key, reason)
+        if key in CPU_OF:
+            self.res.fail(name, CPU_OF[key], reason)
+
+    def _cpu_used(self, mount: Mount | None, before: float | None) -> float | None:
+        """CPU seconds the mount process (or the raw probe) used during the last workload."""
+        if mount is None:
+            return self.env.raw_cpu[-1] if self.env.raw_cpu else None
+        after = mount.cpu_seconds()
+        return None if before is None or after is None else after - before
+
+    def _add_cpu(self, system: System, key: str, cpu: float | None) -> None:
+        cpu_key = CPU_OF[key]
+        if cpu is None:
+            self.res.fail(system.name, cpu_key, "no CPU time: the process was gone")
+            return
+        per_gib = cpu / (moved_mib(self.env.sizes, key) / 1024)
+        self.res.add(system.name, cpu_key, per_gib)
+        say(f"    {self.figs[cpu_key].label}: {fmt(per_gib)} {self.figs[cpu_key].unit} "
+            f"({cpu:.2f} s)")
 
 
 def versions(systems: list[System], server: SeaweedServer) -> list[str]:

@@ -99,6 +99,17 @@ def vm_hwm_mib(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process so far, all its threads (None once it is gone):
+    fields 14 and 15 of /proc/PID/stat, in clock ticks."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the name, in parentheses, may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def log_tail(path: Path, lines: int = 1) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -222,6 +233,12 @@ class Mount:
         if self.proc.poll() is not None:
             raise BenchError(f"mount process exited with {self.proc.returncode}: "
                              f"{log_tail(self.log)}")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the mount process has used so far (None once it has exited)."""
+        if self.proc.poll() is not None:
+            return None
+        return cpu_seconds(self.proc.pid)
 
     def _sample(self) -> None:
         if self.proc.poll() is None:  # not reaped yet: the pid is still this process

@@ -159,7 +159,9 @@ class WriteBudget:
 
 
 class PartBody(io.RawIOBase):
-    """A read-only file over a buffer, so that botocore sends it without copying it whole."""
+    """A read-only file over a buffer, so that botocore sends it without copying it whole.
+    `getbuffer` hands the buffer itself to a sender that can send it without any copy
+    (store.py: the socket sends straight from the part buffer)."""
 
     def __init__(self, view: memoryview) -> None:
         super().__init__()
@@ -174,6 +176,10 @@ class PartBody(io.RawIOBase):
 
     def __len__(self) -> int:
         return len(self._view)
+
+    def getbuffer(self) -> memoryview:
+        """The whole body, not a copy (as io.BytesIO.getbuffer); valid while the part is."""
+        return self._view
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]

@@ -138,11 +138,57 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def _rewound(body: Body) -> Body:
-    """The body ready to send again: a file-like body is read from its start on each try."""
-    if not isinstance(body, bytes | bytearray):
-        body.seek(0)
-    return body
+def _rewound(body: Body) -> Any:
+    """The body ready to send (again, on a retry): a file-like body from its start, and one
+    that offers its buffer (`getbuffer`, as PartBody does) as a `_SendBody` over it."""
+    if isinstance(body, bytes | bytearray):
+        return body
+    body.seek(0)
+    getbuffer = getattr(body, "getbuffer", None)
+    if getbuffer is None:
+        return body
+    view = getbuffer()
+    # botocore sends a file-like body after `Expect: 100-continue`, waiting for the
+    # server's go-ahead: a round trip that only pays off when a large body might be
+    # refused. A small one goes as bytes, in the request's first packets (a small file's
+    # PUT, cp -r: 0.3 ms a file of 3.9 measured; the copy is a few microseconds).
+    return bytes(view) if len(view) <= SMALL_BODY else _SendBody(view)
+
+
+SMALL_BODY = 1024 * 1024  # bodies up to this size go as bytes, without 100-continue
+
+
+SEND_BLOCK = 1024 * 1024  # bytes per sendall of a request body (urllib3 + botocore: 128 KiB)
+
+
+class _SendBody:
+    """A body for botocore that reads as slices of the buffer, not copies of it: urllib3
+    sends a file-like body as `read(blocksize)` then `sendall` of each block, and
+    `PartBody.read` returns bytes (a copy). A memoryview slice goes to sendall as it is, so
+    the only copy left is the kernel's. Profiled: 0.13 s of CPU per GiB sent for the copy
+    (__memmove in the sending threads), and the per-block Python work of 128 KiB blocks."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, len(self._view))[whence]
+        self._pos = min(max(0, base + offset), len(self._view))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view),
+                                                                   self._pos + size)
+        data = self._view[self._pos:end]
+        self._pos = end
+        return data
 
 
 def classify(exc: BaseException, what: str) -> StoreError:
@@ -619,7 +665,25 @@ def make_client(config: Config) -> Any:
     # botocore parses every timestamp with dateutil: a third of the time of a LIST (profiled).
     session._session.get_component("response_parser_factory").set_parser_defaults(
         timestamp_parser=parse_timestamp)
-    return session.client("s3", endpoint_url=config.endpoint_url, region_name=region, config=bc)
+    client = session.client("s3", endpoint_url=config.endpoint_url, region_name=region,
+                            config=bc)
+    _set_send_block(client, SEND_BLOCK)
+    return client
+
+
+def _set_send_block(client: Any, size: int) -> None:
+    """Send request bodies in blocks of `size` (botocore sets urllib3's blocksize to
+    128 KiB, with no option for it): 8 times fewer read/sendall rounds in Python per part.
+    Each block is one sendall, whose timeout covers the whole block: 1 MiB within the
+    request timeout. Through botocore's private attributes; where they are not (another
+    botocore), its default stays."""
+    manager = getattr(getattr(client._endpoint, "http_session", None), "_manager", None)
+    pool_kw = getattr(manager, "connection_pool_kw", None)
+    if isinstance(pool_kw, dict) and "blocksize" in pool_kw:
+        pool_kw["blocksize"] = size
+    else:
+        log.debug("botocore's connection pool has no blocksize: request bodies are sent in "
+                  "its default blocks")
 
 
 def parse_timestamp(value: str) -> datetime.datetime:

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from s3mount.buffers import Part, PartBody, WriteBudget
-from s3mount.config import MiB
+from s3mount.config import Config, Credentials, MiB
 from s3mount.errors import FsError
 
 
@@ -153,6 +153,43 @@ def test_part_body_reads_like_a_file(size: int) -> None:
     assert body.readinto(buf) == size and bytes(buf[:size]) == data[:size]
     assert body.read() == b""
     assert body.seek(-1, 2) == max(0, size - 1)
+
+
+def test_part_body_is_sent_from_its_buffer_in_large_blocks() -> None:
+    """What S3Store hands botocore for a part: blocks that are views of the part buffer (no
+    copy in Python), 1 MiB at a time (urllib3's blocksize), from the start on every try."""
+    import mmap
+
+    from s3mount.store import SEND_BLOCK, SMALL_BODY, _rewound
+
+    mem = mmap.mmap(-1, 3 * MiB)
+    mem[:] = bytes(range(256)) * (3 * MiB // 256)
+    body = PartBody(memoryview(mem)[:2 * MiB + 5])
+    body.read(100)  # a failed try read part of it
+    sent = _rewound(body)
+    assert len(sent) == 2 * MiB + 5
+    blocks = []
+    while block := sent.read(SEND_BLOCK):
+        assert isinstance(block, memoryview) and block.obj is mem  # a view, not a copy
+        blocks.append(bytes(block))
+    assert [len(b) for b in blocks] == [MiB, MiB, 5]
+    assert b"".join(blocks) == mem[:2 * MiB + 5]
+    assert _rewound(body).read(3) == mem[:3]  # a retry sends it from its start again
+    assert _rewound(b"abc") == b"abc"
+    # A small body (a small file's PUT) goes as bytes: botocore then sends it at once, with
+    # no `Expect: 100-continue` round trip first.
+    small = _rewound(PartBody(memoryview(mem)[:SMALL_BODY]))
+    assert isinstance(small, bytes) and small == mem[:SMALL_BODY]
+
+
+def test_client_sends_bodies_in_large_blocks() -> None:
+    from s3mount.store import SEND_BLOCK, make_client
+
+    client = make_client(Config(bucket="bench", mountpoint="/nonexistent",
+                                endpoint_url="http://127.0.0.1:9",
+                                credentials=Credentials("key", "secret", "test")))
+    pool_kw = client._endpoint.http_session._manager.connection_pool_kw
+    assert pool_kw["blocksize"] == SEND_BLOCK == MiB
 
 
 # -- read buffers -----------------------------------------------------------------------------

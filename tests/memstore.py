@@ -30,7 +30,13 @@ import trio
 
 from s3mount.checksum import Algorithm
 from s3mount.config import S3_MAX_PARTS, S3_MIN_PART
-from s3mount.errors import NoSuchKey, PreconditionFailed, StoreError, TransientError
+from s3mount.errors import (
+    NoSuchKey,
+    PreconditionFailed,
+    SizeMismatch,
+    StoreError,
+    TransientError,
+)
 from s3mount.etag import etag_is_md5
 from s3mount.objects import Body, Extra, ListPage, ObjectInfo, PartDone, Sent, Started, UploadInfo
 
@@ -210,14 +216,12 @@ class MemStore:
                                      "open; bytes not yet read cannot be read")
         if obj.etag != etag:
             raise PreconditionFailed(f"{what}: the object changed (ETag no longer matches)")
-        if start >= len(obj.data):
-            raise _error(StoreError, what, "InvalidRange",
-                         "The requested range is not satisfiable")
         got = obj.data[start:end]
         into[:len(got)] = got
-        if len(got) != len(into):  # S3Store retries a short body, then gives up
-            raise TransientError(f"{what}: IncompleteReadError: {len(got)} of {len(into)} "
-                                 "bytes (gave up)")
+        if len(got) != len(into):  # S3Store: no such bytes under this ETag, permanent
+            raise SizeMismatch(f"{key}: the object's size and its bytes disagree: its size "
+                               f"was given as at least {end} bytes, but S3 holds "
+                               f"{len(obj.data)} under the same ETag {etag}")
 
     async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
                   meta: dict[str, str] | None = None,

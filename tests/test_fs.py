@@ -26,6 +26,9 @@ from tests.faults import FaultyStore
 CTX = pyfuse3.RequestContext()
 ROOT = pyfuse3.ROOT_INODE
 
+# Retries are warned about as stalls (store.Health): expected where a test makes them.
+pytestmark = pytest.mark.expect_log(r"^s3mount\.store: S3 stall")
+
 
 def make_fs(config: Config, nursery: trio.Nursery, store: Any = None) -> S3Fs:
     return S3Fs(config, store or S3Store(config), nursery)

@@ -18,6 +18,11 @@ by its answer (its ETag is the MD5 the server computed of what it stored). Any f
 the upload, removes an object that failed verification, and is raised from `complete()` so
 that `close()` returns it.
 
+A part larger than one buffer (`--part-size`) is a big part: its bytes stream as a temporary
+object that the server copies into the part (`assembler.py`), so memory is the same at every
+stage of the schedule. A write that would pass the schedule's capacity (10,000 parts) fails
+with EFBIG.
+
 Where the bucket encrypts with SSE-KMS or SSE-C, ETags are not MD5s; the first answer that
 says so switches the mount to an additional checksum (`checksum.py`, CRC32C unless
 `--checksum` chose one), which then replaces the ETag checks for parts and for the object.
@@ -36,16 +41,18 @@ from typing import Any, TypeVar
 import trio
 
 from . import checksum
+from .assembler import BigPart, prove_by_reading
 from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
-from .config import Config
+from .config import S3_MAX_PARTS, Config
 from .errors import FsError, IntegrityError, StoreError
 from .etag import MultipartETag, etag_is_md5
-from .schedule import PartSchedule
+from .schedule import PartSchedule, human_size
 from .store import Extra, ObjectInfo, Sent, Store
 
 log = logging.getLogger(__name__)
 PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
+MAX_PARTS = S3_MAX_PARTS  # a name of its own, so that a test can lower it
 T = TypeVar("T")
 
 
@@ -74,7 +81,11 @@ class Upload:
         self.bytes_uploaded = 0  # in parts whose ETag matched
         self.started = time.monotonic()
         self.first: Part | None = None  # part 1 while it is held in memory
-        self.part: Part | None = None  # the part being filled (part 1 at first)
+        self.part: Part | None = None  # the part being filled (part 1 at first), or a sub-part
+        self.big: BigPart | None = None  # the big part being filled, if any
+        self.bigs: dict[int, BigPart] = {}  # big parts not yet done, by number (status)
+        # Big parts whose copy answer was no MD5: (number, start, length, MD5), read back.
+        self.read_back: list[tuple[int, int, int, bytes]] = []
         self.parts_started = 0
         self.etag = MultipartETag()
         self.etags: dict[int, str] = {}
@@ -94,6 +105,10 @@ class Upload:
         self.meta: dict[str, str] = {}
         self.content_type: str | None = None
         self.meta_sent: dict[str, str] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state is UploadState.FAILED
 
     @property
     def bytes_written(self) -> int:
@@ -193,7 +208,8 @@ class Upload:
         """Shrink the stream to `size` bytes, all of whose bytes past it are in memory."""
         part = self.part
         assert part is not None  # something was written: size < end
-        low = 0 if self.first is not None and part.number <= 2 else part.start
+        low = 0 if self.first is not None and part.number <= 2 and self.big is None \
+            else part.start
         if size < low:
             raise FsError(
                 f"{self.key}: truncate to {size} bytes is not supported: bytes from {low} "
@@ -223,27 +239,58 @@ class Upload:
             return part
         if part is not None:
             self.part = None
-            if part is not self.first:
+            if self.big is not None:
+                self.big.ship(part)
+                if self.big.full:
+                    self.big.seal()
+                    self.big = None
+            elif part is not self.first:
                 self._ship(part)
             elif self.upload_id is None:
                 await self._create()
-        number = self.parts_started + 1
-        size = self.mgr.schedule.size_of(number)
-        if size > self.mgr.budget.capacity and number > 1 and self.mgr.schedule.size_of(
-                number - 1) <= self.mgr.budget.capacity:
-            log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
-                        "holds one part at a time", self.key, number, size >> 20)
+        if self.big is None:
+            number, size, start = self._next_part()
+            if number > 1 and self._is_big(size):
+                big = BigPart(self, number, size, start, self.mgr.sub_size)
+                await big.create()
+                self.big, self.parts_started = big, number
+        if self.big is not None:
+            number, size, start = self.big.next_sub()
         taken = await self.mgr.budget.acquire(size, self.key, spare=self._spare_first)
         if self.state is UploadState.FAILED:  # aborted while it waited (a second SIGTERM)
             self.mgr.budget.release(taken)
             assert self.error is not None
             raise self.error
-        start = self.mgr.schedule.capacity(number - 1)
         self.part = Part(number, size, taken, self.mgr.budget, start)
+        if self.big is not None:
+            self.big.subs = number
+            return self.part
         if number == 1:
             self.first = self.part
         self.parts_started = number
         return self.part
+
+    def _next_part(self) -> tuple[int, int, int]:
+        """Number, size and stream offset of the next part, or EFBIG past the schedule."""
+        number = self.parts_started + 1
+        schedule = self.mgr.schedule
+        if number > MAX_PARTS:
+            raise FsError(
+                f"{self.key}: the stream reached the part schedule's capacity of "
+                f"{human_size(schedule.capacity(MAX_PARTS))} in {MAX_PARTS} parts (S3's "
+                "limit); nothing more can be written to this file; upload aborted (mount with "
+                "a larger --part-size or a smaller --part-growth-every)", errno.EFBIG)
+        size = schedule.size_of(number)
+        if size > self.mgr.budget.capacity and not self._is_big(size) and \
+                schedule.size_of(number - 1) <= self.mgr.budget.capacity:
+            log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
+                        "holds one part at a time", self.key, number, size >> 20)
+        return number, size, schedule.capacity(number - 1)
+
+    def _is_big(self, size: int) -> bool:
+        """A part assembled by the server: larger than a buffer, and its copy can be proven
+        by MD5 (uploads verified by an additional checksum hold their parts whole)."""
+        return size > self.mgr.sub_size and self.algo is None and self.md5_etags
 
     def _spare_first(self) -> bool:
         """The budget is full and nothing uploads: send part 1 now rather than wait for
@@ -304,7 +351,9 @@ class Upload:
                     digest, extra = await trio.to_thread.run_sync(
                         _hashes, view, self.algo, limiter=self.mgr.hashers)
                     self.etag.add_part(part.number, digest)
-                    etag = await self._send_verified(part, upload_id, view, digest, extra)
+                    etag = await self.send_verified(f"part {part.number}", self.key,
+                                                    upload_id, part.number, view, digest,
+                                                    extra)
                 self.etags[part.number] = etag
                 if extra is not None:
                     self.checksums[part.number] = extra
@@ -319,17 +368,19 @@ class Upload:
             self.inflight -= 1
             self.settled.unpark_all()
 
-    async def _send_verified(self, part: Part, upload_id: str, view: memoryview,
-                             digest: bytes, extra: Extra | None) -> str:
+    async def send_verified(self, what: str, key: str, upload_id: str, number: int,
+                            view: memoryview, digest: bytes, extra: Extra | None) -> str:
+        """Send part `number` of upload `upload_id` of `key` (`what`: "part N", or a big
+        part's sub-part) until S3's answer matches its checksums; returns its ETag."""
         for attempt in range(1, PART_VERIFY_ATTEMPTS + 1):
-            sent = await self.store.upload_part(self.key, upload_id, part.number,
-                                                PartBody(view), digest, extra)
-            problem = self._check_sent(f"part {part.number}", sent, digest, extra)
+            sent = await self.store.upload_part(key, upload_id, number, PartBody(view), digest,
+                                                extra)
+            problem = self._check_sent(what, sent, digest, extra)
             if problem is None:
                 return sent.etag
-            log.warning("%s: part %d %s (attempt %d/%d); sending it again", self.key,
-                        part.number, problem, attempt, PART_VERIFY_ATTEMPTS)
-        raise IntegrityError(f"{self.key}: part {part.number} never came back with the "
+            log.warning("%s: %s %s (attempt %d/%d); sending it again", self.key, what,
+                        problem, attempt, PART_VERIFY_ATTEMPTS)
+        raise IntegrityError(f"{self.key}: {what} never came back with the "
                              f"checksums of what was sent: {problem}")
 
     def _check_sent(self, what: str, sent: Sent, digest: bytes,
@@ -386,7 +437,20 @@ class Upload:
         if part is not None and part is not self.first and not part.fill:
             part.free(self.mgr.budget)  # emptied by a truncate
             self.part = None
-            self.parts_started -= 1
+            if self.big is not None:
+                self.big.subs -= 1
+            else:
+                self.parts_started -= 1
+        if self.big is not None:
+            big, self.big = self.big, None
+            if self.part is not None:
+                big.ship(self.part)
+                self.part = None
+            if big.subs:
+                big.seal()
+            else:  # emptied by a truncate
+                await big.discard()
+                self.parts_started -= 1
         if self.parts_started == 0 or self.parts_started == 1 and self.first is not None:
             return await self._put_single()
         for held in reversed(self._held()):  # the last part, then part 1
@@ -401,11 +465,17 @@ class Upload:
         if self.algo is not None:
             summed = self.algo.composite([self.checksums[n][1] for n in numbers])
         assert self.upload_id is not None
-        await self.store.complete_upload(
+        answer = await self.store.complete_upload(
             self.key, self.upload_id,
             [(n, self.etags[n], self.checksums.get(n)) for n in numbers])
         self.upload_id = None  # completed: nothing left to abort
-        return await self._verify(self.etag.value() if self.md5_etags else None, summed)
+        # With parts proven by reading them back, the object's ETag is built by the server
+        # from its own answers for them: the one completion answered.
+        expected = answer if self.read_back else self.etag.value()
+        info = await self._verify(expected if self.md5_etags else None, summed)
+        if self.read_back:
+            await prove_by_reading(self, info.etag)
+        return info
 
     async def _put_single(self) -> ObjectInfo:
         """One PutObject, verified by its answer: S3 checked the body against Content-MD5 (and
@@ -439,7 +509,7 @@ class Upload:
                 part.free(self.mgr.budget)
         self.bytes_uploaded = self.end
         if problem := self._check_sent("the PUT", sent, digest, extra):
-            await self._remove_bad_object(f"the PUT {problem}")
+            await self.remove_bad_object(f"the PUT {problem}")
         return ObjectInfo(self.key, self.end, time.time(), sent.etag,
                           sent.checksum, sent.encryption)
 
@@ -458,10 +528,10 @@ class Upload:
             assert self.algo is not None
             wrong.append(f"{self.algo.s3_name} {info.checksum}, expected {summed}")
         if wrong:
-            await self._remove_bad_object("stored " + "; ".join(wrong))
+            await self.remove_bad_object("stored " + "; ".join(wrong))
         return info
 
-    async def _remove_bad_object(self, detail: str) -> None:
+    async def remove_bad_object(self, detail: str) -> None:
         try:
             await self.store.delete(self.key)
         except StoreError as exc:
@@ -478,6 +548,9 @@ class Upload:
         self.part = self.first = None
         while self.inflight:  # parts not yet sent are skipped; a part sent after the abort
             await self.settled.park()  # would keep storage alive
+        if self.big is not None:  # being filled: its temporary upload goes too
+            big, self.big = self.big, None
+            await big.discard()
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
             try:
@@ -503,6 +576,9 @@ class Uploads:
         self.store = store
         self.nursery = nursery
         self.bucket = config.bucket
+        self.prefix = config.prefix
+        self.sub_size = config.part_size  # buffers of big parts (assembler.py)
+        self.proof: str | None = None  # how big parts are proven on this server (logged once)
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
         self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)
         self.etags_are_md5 = True  # until S3 answers that it encrypts with SSE-KMS / SSE-C
@@ -531,6 +607,21 @@ class Uploads:
                         "MD5s: uploads are verified with %s checksums instead", self.bucket,
                         encryption, algo.s3_name)
         return False
+
+    def note_proof(self, answer: str, digest: bytes) -> None:
+        """Log once per mount how big parts are proven, from the first copy answer."""
+        proof = "copy" if answer == digest.hex() else "read-back"
+        if self.proof == proof:
+            return
+        self.proof = proof
+        if proof == "copy":
+            log.info("big parts are assembled by the server (UploadPartCopy) and proven by its "
+                     "answer: this server answers the MD5 of the copied bytes")
+        else:
+            log.info("big parts are assembled by the server (UploadPartCopy), whose answer here "
+                     "is no MD5 (%s): each big part is proven by reading its range of the "
+                     "completed object back and comparing its MD5, before close returns",
+                     answer)
 
     def start(self, key: str) -> Upload:
         up = Upload(self, key)

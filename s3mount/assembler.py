@@ -35,12 +35,12 @@ from .buffers import Part
 from .config import S3_MAX_KEY_BYTES
 from .errors import FsError, IntegrityError, StoreError
 from .etag import multipart_etag
+from .keys import HIDDEN_PREFIX
 
 if TYPE_CHECKING:
     from .writer import Upload
 
 log = logging.getLogger(__name__)
-HIDDEN_PREFIX = ".s3mount-"  # names the mount keeps for itself, hidden from its listings
 TMP_DIR = HIDDEN_PREFIX + "tmp/"
 COPY_VERIFY_ATTEMPTS = 3
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")

@@ -17,6 +17,9 @@ from .errors import FsError
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes per path component, as in every Linux filesystem
+# Names s3mount keeps for itself (the temporary objects of big parts, `.s3mount-tmp/`, and
+# any later `.s3mount-*` name): never shown in a listing of the mount.
+HIDDEN_PREFIX = ".s3mount-"
 
 
 def valid_name(name: str) -> bool:
@@ -83,6 +86,8 @@ class KeyMap:
         prefix ending in "/"), or None when it is no valid name (hidden, logged at debug)."""
         raw = key[len(self.dir_prefix(dir_path)):]
         rest = raw[:-1] if raw.endswith("/") else raw
+        if rest.startswith(HIDDEN_PREFIX):
+            return None  # s3mount's own (big parts being assembled): not logged
         if not valid_name(rest):
             if raw and key not in self._logged:  # not for the directory's own marker
                 log.debug("hiding key %r: not a valid file name", key)  # `d//` (raw "/") too

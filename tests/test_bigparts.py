@@ -167,6 +167,18 @@ async def test_write_past_the_schedule_capacity_is_efbig(
     assert server.keys() == [] and server.uploads() == []
 
 
+async def test_uploads_with_a_checksum_hold_their_parts_whole(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    config = replace(config, part_size=P, part_growth_every=2, max_memory=25 * MiB,
+                     checksum="crc32c")
+    data = os.urandom((5 + 5 + 10 + 3) * MiB)
+    mgr, up = await stream(config, nursery, "sum.bin", data)
+    await up.complete()
+    assert mgr.proof is None and up.read_back == []  # no part was copied
+    assert s3.get_object(Bucket=bucket, Key="sum.bin")["Body"].read() == data
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["sum.bin"]
+
+
 def test_tmp_key_is_hidden_and_bounded() -> None:
     key = tmp_key("pre/", "pre/dir/disk.img", "upload-id", 7)
     assert key.startswith("pre/" + TMP_DIR + "dir/disk.img.") and key.endswith(".part7")

@@ -152,16 +152,19 @@ class PartSchedule:
             )
 
 
-def describe(schedule: PartSchedule) -> str:
-    """The stages of ``schedule`` as a markdown table, for the docs."""
+def describe(schedule: PartSchedule, memory: int | None = None) -> str:
+    """The stages of ``schedule`` as a markdown table, for the docs; with ``memory`` (the
+    write budget), a column of the write memory each stage needs: the same at every stage,
+    since big parts are assembled by the server (assembler.py)."""
     lines = [
-        "| stage | parts | part size | reaches |",
-        "|------:|------:|----------:|--------:|",
+        "| stage | parts | part size | reaches |" + (" write memory |" if memory else ""),
+        "|------:|------:|----------:|--------:|" + ("-------------:|" if memory else ""),
     ]
     for stage in schedule.stages():
         lines.append(
             f"| {stage.index} | {stage.first_part}–{stage.last_part} "
             f"| {human_size(stage.part_size)} | {human_size(stage.cumulative_bytes)} |"
+            + (f" {human_size(memory)} |" if memory else "")
         )
     return "\n".join(lines) + "\n"
 

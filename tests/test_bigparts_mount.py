@@ -174,3 +174,14 @@ def test_temporary_names_are_hidden(target: tuple[Server, Any, str],
     m = mounts(server, bucket)
     assert os.listdir(m.path) == ["d"]
     assert os.listdir(m.path / "d") == ["seen"]
+
+
+def test_abort_stale_uploads_at_mount_removes_temporary_ones(
+        mount_factory: Callable[..., Mount], s3: Any, bucket: str) -> None:
+    s3.create_multipart_upload(Bucket=bucket, Key=TMP_DIR + "a.bin.0123456789abcdef.part3")
+    s3.put_object(Bucket=bucket, Key=TMP_DIR + "b.bin.0123456789abcdef.part4", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="kept.bin", Body=b"x")
+    m = mount_factory(bucket, "--abort-stale-uploads", "0s")
+    assert open_uploads(s3, bucket) == []
+    assert all_keys(s3, bucket) == ["kept.bin"]
+    assert "deleted the stale temporary object .s3mount-tmp/b.bin." in m.log()

@@ -14,10 +14,15 @@ and it is deleted. This runs in the background while the writer fills the next p
 Proof of the copy, chosen per answer and logged once per mount (`Uploads.note_proof`):
 - S3 and moto answer UploadPartCopy with the MD5 of the copied bytes: it must equal the local
   MD5 (a wrong MD5 is copied again, `COPY_VERIFY_ATTEMPTS` times, then the upload fails).
-- SeaweedFS answers a multipart-style ETag of its stored chunks (`-N`), which proves nothing:
-  such a big part is proven after the object is completed, before close() returns, by reading
-  its range of the final object back (ranged GETs pinned to the object's ETag, one buffer at a
-  time) and comparing the MD5 (`prove_by_reading`). A mismatch removes the object.
+  Where the upload declared an additional checksum (`--checksum`, or see below), the answer's
+  checksum must also equal the one computed locally while the sub-parts streamed.
+- SeaweedFS answers a multipart-style ETag of its stored chunks (`-N`), which proves nothing,
+  unless the upload declared a checksum: then it answers the MD5 and the CRC32C of the copied
+  bytes (measured, SeaweedFS 4.48). So an upload that gets such an answer proves its big parts
+  after the object is completed, before close() returns, by reading each one's range of the
+  final object back (ranged GETs pinned to the object's ETag, one buffer at a time) and
+  comparing the MD5 (`prove_by_reading`; a mismatch removes the object), and the mount's
+  later uploads declare CRC32C, so that their copies are proven by their answers.
 Nothing is accepted unverified; any failure aborts the temporary upload and deletes the
 temporary object (a killed mount leaves them: `s3mount uploads list|abort` finds them).
 """
@@ -29,9 +34,12 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
+import crc32c
 import trio
 
+from . import checksum
 from .buffers import Part
+from .checksum import Algorithm
 from .config import S3_MAX_KEY_BYTES
 from .errors import FsError, IntegrityError, StoreError
 from .etag import multipart_etag
@@ -58,10 +66,32 @@ def tmp_key(prefix: str, key: str, upload_id: str, number: int) -> str:
     return name
 
 
-def _sub_hash(view: memoryview, whole: hashlib._Hash) -> bytes:
-    """MD5 of one sub-part, and the running MD5 of the big part updated with it (in a
-    worker thread; sub-parts take their turn in order)."""
+class Running:
+    """An additional checksum of a big part, computed as its sub-parts stream."""
+
+    def __init__(self, algo: Algorithm) -> None:
+        self.algo = algo
+        self.crc = 0
+        self.sha = hashlib.sha256()
+
+    def update(self, view: memoryview) -> None:
+        if self.algo.name == "crc32c":
+            self.crc = int(crc32c.crc32c(view, value=self.crc))
+        else:
+            self.sha.update(view)
+
+    def value(self) -> str:
+        if self.algo.name == "crc32c":
+            return checksum.b64(self.crc.to_bytes(4, "big"))
+        return checksum.b64(self.sha.digest())
+
+
+def _sub_hash(view: memoryview, whole: hashlib._Hash, extra: Running | None) -> bytes:
+    """MD5 of one sub-part, and the running MD5 (and checksum) of the big part updated with
+    it (in a worker thread; sub-parts take their turn in order)."""
     whole.update(view)
+    if extra is not None:
+        extra.update(view)
     return hashlib.md5(view).digest()
 
 
@@ -76,6 +106,7 @@ class BigPart:
         self.tmp_id: str | None = None  # the temporary upload, until completed or aborted
         self.tmp_etag: str | None = None  # the temporary object, until deleted
         self.md5 = hashlib.md5()
+        self.extra = Running(up.algo) if up.algo is not None else None
         self.sub_md5s: dict[int, bytes] = {}
         self.sub_etags: dict[int, str] = {}
         self.subs = 0  # sub-parts started
@@ -118,7 +149,7 @@ class BigPart:
                     await self.lot.park()
                 if up.failed:
                     return
-                digest = await trio.to_thread.run_sync(_sub_hash, view, self.md5,
+                digest = await trio.to_thread.run_sync(_sub_hash, view, self.md5, self.extra,
                                                        limiter=up.mgr.hashers)
                 self.hashed = n
                 self.lot.unpark_all()
@@ -186,22 +217,36 @@ class BigPart:
                                  f"{self.tmp} has ETag {self.tmp_etag}, expected {want}")
         digest = self.md5.digest()
         assert up.upload_id is not None
+        want_extra = self.extra.value() if self.extra is not None else None
         for attempt in range(1, COPY_VERIFY_ATTEMPTS + 1):
             async with up.mgr.part_slots:
-                answer = await up.store.copy_part(up.key, up.upload_id, self.number, self.tmp,
-                                                  0, self.shipped, self.tmp_etag)
-            if answer == digest.hex():
-                up.mgr.note_proof(answer, digest)
+                sent = await up.store.copy_part_checked(
+                    up.key, up.upload_id, self.number, self.tmp, self.shipped, self.tmp_etag,
+                    up.algo)
+            answer = sent.etag
+            if up.algo is not None and sent.checksum is None:
+                raise IntegrityError(
+                    f"{up.key}: the server did not return the {up.algo.s3_name} checksum of "
+                    f"part {self.number} copied from {self.tmp}, so it cannot be verified")
+            if want_extra is not None and sent.checksum != want_extra:
+                assert up.algo is not None
+                problem = f"{up.algo.s3_name} {sent.checksum}, expected {want_extra}"
+            elif answer == digest.hex():
+                up.mgr.note_proof(answer, digest, up.algo)
                 up.etags[self.number] = answer
+                if up.algo is not None and sent.checksum is not None:
+                    up.checksums[self.number] = (up.algo, sent.checksum)
                 return digest
-            if not MD5_HEX.match(answer):  # this server does not answer MD5s: read it back
-                up.mgr.note_proof(answer, digest)
+            elif not MD5_HEX.match(answer) and up.algo is None:  # no MD5: read it back
+                up.mgr.note_proof(answer, digest, up.algo)
                 up.etags[self.number] = answer
                 up.read_back.append((self.number, self.start, self.shipped, digest))
                 return digest
-            log.warning("%s: part %d was copied from %s with ETag %s, expected %s "
-                        "(attempt %d/%d); copying it again", up.key, self.number, self.tmp,
-                        answer, digest.hex(), attempt, COPY_VERIFY_ATTEMPTS)
+            else:
+                problem = f"ETag {answer}, expected {digest.hex()}"
+            log.warning("%s: part %d was copied from %s with %s (attempt %d/%d); copying it "
+                        "again", up.key, self.number, self.tmp, problem, attempt,
+                        COPY_VERIFY_ATTEMPTS)
         raise IntegrityError(f"{up.key}: part {self.number} never came back from UploadPartCopy "
                              "with the MD5 of its bytes")
 

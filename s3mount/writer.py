@@ -289,8 +289,8 @@ class Upload:
 
     def _is_big(self, size: int) -> bool:
         """A part assembled by the server: larger than a buffer, and its copy can be proven
-        by MD5 (uploads verified by an additional checksum hold their parts whole)."""
-        return size > self.mgr.sub_size and self.algo is None and self.md5_etags
+        by MD5 (uploads where ETags are no MD5s, SSE-KMS or SSE-C, hold their parts whole)."""
+        return size > self.mgr.sub_size and self.md5_etags
 
     def _spare_first(self) -> bool:
         """The budget is full and nothing uploads: send part 1 now rather than wait for
@@ -579,6 +579,9 @@ class Uploads:
         self.prefix = config.prefix
         self.sub_size = config.part_size  # buffers of big parts (assembler.py)
         self.proof: str | None = None  # how big parts are proven on this server (logged once)
+        # The server answers UploadPartCopy with MD5s only for uploads that declare a checksum
+        # (SeaweedFS): new uploads declare CRC32C.
+        self.copies_need_checksum = False
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
         self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)
         self.etags_are_md5 = True  # until S3 answers that it encrypts with SSE-KMS / SSE-C
@@ -591,7 +594,7 @@ class Uploads:
     def algorithm(self) -> Algorithm | None:
         """The additional checksum new uploads use: the chosen one, else CRC32C once the
         bucket has shown that its ETags are no MD5s, else none."""
-        if self.chosen is not None or self.etags_are_md5:
+        if self.chosen is not None or self.etags_are_md5 and not self.copies_need_checksum:
             return self.chosen
         return checksum.get(checksum.DEFAULT_FOR_ENCRYPTED)
 
@@ -608,7 +611,7 @@ class Uploads:
                         encryption, algo.s3_name)
         return False
 
-    def note_proof(self, answer: str, digest: bytes) -> None:
+    def note_proof(self, answer: str, digest: bytes, algo: Algorithm | None) -> None:
         """Log once per mount how big parts are proven, from the first copy answer."""
         proof = "copy" if answer == digest.hex() else "read-back"
         if self.proof == proof:
@@ -616,12 +619,15 @@ class Uploads:
         self.proof = proof
         if proof == "copy":
             log.info("big parts are assembled by the server (UploadPartCopy) and proven by its "
-                     "answer: this server answers the MD5 of the copied bytes")
-        else:
-            log.info("big parts are assembled by the server (UploadPartCopy), whose answer here "
-                     "is no MD5 (%s): each big part is proven by reading its range of the "
-                     "completed object back and comparing its MD5, before close returns",
-                     answer)
+                     "answer: this server answers the MD5 of the copied bytes%s",
+                     f" (and their {algo.s3_name}, which is checked too)" if algo else "")
+            return
+        log.info("big parts are assembled by the server (UploadPartCopy), whose answer here "
+                 "is no MD5 (%s): each big part of this upload is proven by reading its range "
+                 "of the completed object back and comparing its MD5, before close returns%s",
+                 answer, "" if self.chosen else "; later uploads declare CRC32C, for which "
+                 "this server answers the MD5 and CRC32C of the copied bytes")
+        self.copies_need_checksum = True
 
     def start(self, key: str) -> Upload:
         up = Upload(self, key)

@@ -167,16 +167,45 @@ async def test_write_past_the_schedule_capacity_is_efbig(
     assert server.keys() == [] and server.uploads() == []
 
 
-async def test_uploads_with_a_checksum_hold_their_parts_whole(
-        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
-    config = replace(config, part_size=P, part_growth_every=2, max_memory=25 * MiB,
+async def test_with_a_checksum_seaweedfs_answers_copies_with_md5_and_crc32c(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An upload that declares CRC32C gets the MD5 and CRC32C of the copied bytes from
+    SeaweedFS: its big parts are proven by the copy answers, and the object's ETag is the one
+    `s3mount etag` predicts."""
+    caplog.set_level("INFO", logger="s3mount.writer")
+    config = replace(config, part_size=P, part_growth_every=2, max_memory=15 * MiB,
                      checksum="crc32c")
-    data = os.urandom((5 + 5 + 10 + 3) * MiB)
+    data = os.urandom(SIZE * MiB)
     mgr, up = await stream(config, nursery, "sum.bin", data)
-    await up.complete()
-    assert mgr.proof is None and up.read_back == []  # no part was copied
+    info = await up.complete()
+    assert mgr.proof == "copy" and up.read_back == []
+    assert "(and their CRC32C, which is checked too)" in caplog.text
     assert s3.get_object(Bucket=bucket, Key="sum.bin")["Body"].read() == data
+    assert info.etag == predicted(data, config) and info.checksum is not None
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["sum.bin"]
+
+
+async def test_after_a_read_back_later_uploads_declare_crc32c(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="s3mount.writer")
+    config = replace(config, part_size=P, part_growth_every=2, max_memory=15 * MiB)
+    mgr = Uploads(config, S3Store(config), nursery)
+    data = os.urandom((5 + 5 + 10 + 10 + 3) * MiB)
+    for name in ("first.bin", "second.bin"):
+        up = mgr.start(name)
+        for off in range(0, len(data), MiB):
+            await up.write(off, data[off:off + MiB])
+        info = await up.complete()
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+        if name == "first.bin":  # proven by reading back; the mount learns
+            assert sorted(n for n, *_ in up.read_back) == [3, 4] and up.algo is None
+            assert mgr.copies_need_checksum
+        else:  # declared CRC32C: proven by the copy answers, ETag as predicted
+            assert up.read_back == [] and up.algo is not None
+            assert info.etag == predicted(data, config)
+    assert "later uploads declare CRC32C" in caplog.text
 
 
 def test_tmp_key_is_hidden_and_bounded() -> None:

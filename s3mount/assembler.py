@@ -21,8 +21,9 @@ Proof of the copy, chosen per answer and logged once per mount (`Uploads.note_pr
   bytes (measured, SeaweedFS 4.48). So an upload that gets such an answer proves its big parts
   after the object is completed, before close() returns, by reading each one's range of the
   final object back (ranged GETs pinned to the object's ETag, one buffer at a time) and
-  comparing the MD5 (`prove_by_reading`; a mismatch removes the object), and the mount's
-  later uploads declare CRC32C, so that their copies are proven by their answers.
+  comparing the MD5 (`prove_by_reading`; a mismatch removes the object), and, if the server
+  returns checksums, the mount's later uploads declare CRC32C, so that their copies are
+  proven by their answers (`Uploads.checksum_for_copies`).
 Nothing is accepted unverified; any failure aborts the temporary upload and deletes the
 temporary object (a killed mount leaves them: `s3mount uploads list|abort` finds them).
 """

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import trio
 
 from . import checksum
-from .assembler import BigPart, prove_by_reading
+from .assembler import TMP_DIR, BigPart, prove_by_reading
 from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
 from .config import S3_MAX_PARTS, Config
@@ -475,6 +475,7 @@ class Upload:
         info = await self._verify(expected if self.md5_etags else None, summed)
         if self.read_back:
             await prove_by_reading(self, info.etag)
+            await self.mgr.checksum_for_copies()
         return info
 
     async def _put_single(self) -> ObjectInfo:
@@ -582,6 +583,7 @@ class Uploads:
         # The server answers UploadPartCopy with MD5s only for uploads that declare a checksum
         # (SeaweedFS): new uploads declare CRC32C.
         self.copies_need_checksum = False
+        self.try_checksum = False  # after a read-back, until checksum_for_copies looked
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
         self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)
         self.etags_are_md5 = True  # until S3 answers that it encrypts with SSE-KMS / SSE-C
@@ -624,10 +626,35 @@ class Uploads:
             return
         log.info("big parts are assembled by the server (UploadPartCopy), whose answer here "
                  "is no MD5 (%s): each big part of this upload is proven by reading its range "
-                 "of the completed object back and comparing its MD5, before close returns%s",
-                 answer, "" if self.chosen else "; later uploads declare CRC32C, for which "
-                 "this server answers the MD5 and CRC32C of the copied bytes")
+                 "of the completed object back and comparing its MD5, before close returns",
+                 answer)
+        self.try_checksum = self.chosen is None
+
+    async def checksum_for_copies(self) -> None:
+        """After a read-back: if the server returns additional checksums (a PUT of a few bytes
+        with CRC32C under the hidden prefix shows it), later uploads declare CRC32C, for which
+        a server like SeaweedFS answers copies with the MD5 (and CRC32C) of the bytes."""
+        if not self.try_checksum:
+            return
+        self.try_checksum = False
+        algo = checksum.get(checksum.DEFAULT_FOR_ENCRYPTED)
+        key, body = self.prefix + TMP_DIR + "checksum-probe", b"s3mount"
+        want = algo.part(body)
+        try:
+            sent = await self.store.put(key, body, hashlib.md5(body).digest(), (algo, want))
+            await self.store.delete(key)
+        except StoreError as exc:
+            log.info("could not find out whether the server returns checksums (%s): big parts "
+                     "stay proven by reading them back", exc)
+            return
+        if sent.checksum != want:
+            log.info("the server does not return CRC32C checksums: big parts stay proven by "
+                     "reading them back")
+            return
         self.copies_need_checksum = True
+        log.info("later uploads declare CRC32C: with it, this server answers UploadPartCopy "
+                 "with the MD5 of the copied bytes (and their CRC32C), which proves big parts "
+                 "without reading them back")
 
     def start(self, key: str) -> Upload:
         up = Upload(self, key)

@@ -205,7 +205,8 @@ async def test_after_a_read_back_later_uploads_declare_crc32c(
         else:  # declared CRC32C: proven by the copy answers, ETag as predicted
             assert up.read_back == [] and up.algo is not None
             assert info.etag == predicted(data, config)
-    assert "later uploads declare CRC32C" in caplog.text
+    assert "later uploads declare CRC32C: with it, this server answers" in caplog.text
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=TMP_DIR).get("Contents") is None
 
 
 class SlowCopies:

@@ -199,7 +199,9 @@ class Upload:
         return parts
 
     def _window(self) -> str:
-        spans = [f"bytes {p.start}-{p.end} (part {p.number})" for p in self._held()]
+        spans = [f"bytes {p.start}-{p.end} (part {p.number})" if p is not self.part or
+                 self.big is None else f"bytes {p.start}-{p.end} (sub-part {p.number} of big "
+                 f"part {self.big.number})" for p in self._held()]
         if self.first is None and self.parts_started > 1:
             spans.insert(0, "part 1 was already sent: --max-memory was full")
         return "rewritable now: " + (", ".join(spans) or "nothing")

@@ -19,6 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+BIGDISK_ARGS ?=
 RUFF_PATHS := s3mount tests bench
 MYPY_PATHS ?= s3mount tests/seaweed.py tests/test_seaweed.py bench/demo_seed.py \
   tests/memstore.py tests/motoserver.py tests/test_store_contract.py tests/test_model.py
@@ -41,7 +42,7 @@ DEMO_ENV = eval "$$($(BIN)/python -m tests.seaweed env --state-dir $(DEMO))"
 export PYTHON_H_PRESENT := import os, sys, sysconfig; \
   sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 
-.PHONY: help deps venv test lint demo demo-stop bench soak install clean
+.PHONY: help deps venv test lint demo demo-stop bench bench-bigdisk soak install clean
 
 help:
 	@echo "make test       install what is missing (apt, .venv), then run pytest"
@@ -51,6 +52,8 @@ help:
 	@echo "make bench      s3mount side by side with s3fs, rclone and boto3 (bench/run.py,"
 	@echo "                ~15 min; BENCH_ARGS=--quick to try it); apt-get installs"
 	@echo "                $(BENCH_APT_PACKAGES) if missing"
+	@echo "make bench-bigdisk  the tail of a big disk: parts up to 512 MiB vs the 8 MiB stage"
+	@echo "                (bench/bigdisk.py, SeaweedFS and moto; ~15 min)"
 	@echo "make soak       writers and readers behind the fault proxy; docs/reliability.md"
 	@echo "make deps       apt-get install $(APT_PACKAGES) if missing"
 	@echo "make venv       create $(VENV) with the package and its test, lint and bench extras"
@@ -108,6 +111,11 @@ bench-deps:
 
 bench: deps bench-deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The tail of a big disk (bench/bigdisk.py): parts up to 512 MiB vs the 8 MiB stage, SeaweedFS
+# and moto; BIGDISK_ARGS="--top 4096 --servers seaweed" for the 4 GiB case (a 16 GiB stream).
+bench-bigdisk: deps venv
+	$(BIN)/python bench/bigdisk.py $(BIGDISK_ARGS)
 
 SOAK_ARGS ?=
 soak: deps venv

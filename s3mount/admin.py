@@ -4,6 +4,11 @@ A mount that was killed (or lost power) leaves its multipart uploads behind: nev
 objects, but stored, and billed, until aborted. These commands take the same connection
 settings as a mount (--endpoint-url, --keyfile, --profile, the config file's bucket section,
 -o). `abort_stale` is also what a mount runs at start with `--abort-stale-uploads AGE`.
+
+Big parts (assembler.py) leave two more kinds of debris under `PREFIX.s3mount-tmp/`: the
+temporary multipart upload a big part streams into (an incomplete upload like any other, listed
+and aborted with them, marked "big part"), and, for the seconds between its completion and its
+copy, the temporary object itself: listed as "temporary object", deleted by abort.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from collections.abc import Sequence
 
 import trio
 
+from .assembler import TMP_DIR
 from .config import Config
 from .errors import QuietError, StoreError
-from .objects import UploadInfo
+from .objects import ObjectInfo, UploadInfo
 from .options import Parser, build_config, parse_age, parse_mount_args
 from .schedule import human_size
 from .store import S3Store
@@ -32,13 +38,31 @@ async def stale(store: S3Store, prefix: str, older_than: float) -> list[UploadIn
     return [u for u in await store.list_uploads(prefix) if now - u.initiated >= older_than]
 
 
+async def stale_tmp_objects(store: S3Store, prefix: str,
+                            older_than: float) -> list[ObjectInfo]:
+    """Temporary objects of big parts (under `PREFIX.s3mount-tmp/`) at least `older_than`
+    seconds old: a mount killed while it copied one left it."""
+    now, found, token = time.time(), [], None
+    while True:
+        page = await store.list_page(prefix + TMP_DIR, delimiter=None, token=token)
+        found += [o for o in page.objects if now - o.mtime >= older_than]
+        if (token := page.next_token) is None:
+            return found
+
+
 async def abort_stale(store: S3Store, prefix: str, older_than: float) -> int:
-    """Abort uploads under `prefix` started at least `older_than` seconds ago."""
+    """Abort uploads under `prefix` started at least `older_than` seconds ago, and delete the
+    temporary objects of big parts as old; returns how many were removed."""
     found = await stale(store, prefix, older_than)
     for u in found:
         await store.abort_upload(u.key, u.upload_id)
         log.info("aborted stale multipart upload of %s (started %s)", u.key, _when(u.initiated))
-    return len(found)
+    objects = await stale_tmp_objects(store, prefix, older_than)
+    for o in objects:
+        await store.delete(o.key)
+        log.info("deleted the stale temporary object %s (a big part's, from %s)", o.key,
+                 _when(o.mtime))
+    return len(found) + len(objects)
 
 
 def _when(ts: float) -> str:
@@ -91,20 +115,35 @@ async def _run(config: Config, action: str, older_than: float) -> int:
     store = S3Store(config)
     await store.check_bucket()
     found = await stale(store, config.prefix, older_than)
+    objects = await stale_tmp_objects(store, config.prefix, older_than)
     where = f"s3://{config.bucket}/{config.prefix}"
     if action == "list":
-        if not found:
+        if not found and not objects:
             print(f"no incomplete uploads under {where}")
             return 0
         print(f"{'STARTED (UTC)':20}  {'AGE':>7}  {'PARTS':>5}  {'SIZE':>10}  KEY")
         for u in sorted(found, key=lambda u: u.initiated):
             parts, size = await store.upload_parts(u.key, u.upload_id)
             print(f"{_when(u.initiated):20}  {_age(time.time() - u.initiated):>7}  "
-                  f"{parts:>5}  {human_size(size):>10}  {u.key}")
-        print(f"{len(found)} incomplete upload(s) under {where}")
+                  f"{parts:>5}  {human_size(size):>10}  {u.key}{_what(u.key, config)}")
+        for o in objects:
+            print(f"{_when(o.mtime):20}  {_age(time.time() - o.mtime):>7}  {'-':>5}  "
+                  f"{human_size(o.size):>10}  {o.key} (temporary object of a big part)")
+        print(f"{len(found)} incomplete upload(s)"
+              + (f" and {len(objects)} temporary object(s)" if objects else "")
+              + f" under {where}")
         return 0
     for u in found:
         await store.abort_upload(u.key, u.upload_id)
-        print(f"aborted {u.key} (started {_when(u.initiated)})")
-    print(f"{len(found)} upload(s) aborted under {where}")
+        print(f"aborted {u.key}{_what(u.key, config)} (started {_when(u.initiated)})")
+    for o in objects:
+        await store.delete(o.key)
+        print(f"deleted {o.key} (temporary object of a big part)")
+    print(f"{len(found)} upload(s) aborted"
+          + (f" and {len(objects)} temporary object(s) deleted" if objects else "")
+          + f" under {where}")
     return 0
+
+
+def _what(key: str, config: Config) -> str:
+    return " (big part being assembled)" if key.startswith(config.prefix + TMP_DIR) else ""

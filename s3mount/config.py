@@ -21,6 +21,9 @@ S3_MAX_PART = 5 * GiB
 S3_MAX_PARTS = 10_000
 S3_MAX_PUT = 5 * GiB
 S3_MAX_KEY_BYTES = 1024
+S3_MAX_OBJECT = S3_MAX_PARTS * S3_MAX_PART  # 48.8 TiB: the most one multipart upload holds
+# Parts per stage of the part schedule after its first stage (schedule.py), at most.
+LATER_STAGE_PARTS = 100
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Config:
 
     # Writes
     part_size: int = 8 * MiB
-    part_growth_every: int = 1000  # parts per stage; the part size doubles after each stage
+    part_growth_every: int = 1000  # parts of the first stage (later ones: at most 100)
     max_memory: int = 24 * MiB  # bytes held in part buffers, across all open files
     upload_concurrency: int = 4
     # At start, abort incomplete multipart uploads at least this old (seconds); None: keep.

@@ -17,9 +17,12 @@ from .errors import FsError
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes per path component, as in every Linux filesystem
+# Names s3mount keeps for itself (the temporary objects of big parts, `.s3mount-tmp/`, and
+# any later `.s3mount-*` name): never shown in a listing of the mount.
+HIDDEN_PREFIX = ".s3mount-"
 # The object a read-write mount PUTs and deletes at start to learn what the server's answers
-# prove (probe.py): hidden from listings at the mount's root, should a crash leave one behind.
-PROBE_PREFIX = ".s3mount-probe-"
+# prove (probe.py), hidden like the others should a crash leave one behind.
+PROBE_PREFIX = HIDDEN_PREFIX + "probe-"
 
 
 def valid_name(name: str) -> bool:
@@ -86,8 +89,8 @@ class KeyMap:
         prefix ending in "/"), or None when it is no valid name (hidden, logged at debug)."""
         raw = key[len(self.dir_prefix(dir_path)):]
         rest = raw[:-1] if raw.endswith("/") else raw
-        if not dir_path and rest.startswith(PROBE_PREFIX):
-            return None
+        if rest.startswith(HIDDEN_PREFIX):
+            return None  # s3mount's own (big parts being assembled): not logged
         if not valid_name(rest):
             if raw and key not in self._logged:  # not for the directory's own marker
                 log.debug("hiding key %r: not a valid file name", key)  # `d//` (raw "/") too

@@ -1,8 +1,11 @@
 """The part-size schedule: how a write stream of unknown length is cut into multipart parts.
 
-Parts are numbered from 1, as in S3. The first ``growth_every`` parts have ``part_size`` bytes,
-the next ``growth_every`` twice that, and so on, doubling once per stage until the size reaches
-S3's largest part (5 GiB); from that stage on it stays there. No part number exceeds S3's limit
+Parts are numbered from 1, as in S3. The first ``growth_every`` parts have ``part_size`` bytes;
+each later stage has ``min(growth_every, LATER_STAGE_PARTS)`` parts (100 by default) of twice
+the size of the stage before, until the size reaches S3's largest part (5 GiB); from that stage
+on it stays there. So the default (8 MiB x 1000, then 100 parts per doubling) keeps a stream
+under 7.8 GiB in 8 MiB parts and reaches 40.3 TiB in one stream of unknown length; a small
+``growth_every`` (tests, benchmarks) compresses every stage alike. No part number exceeds S3's limit
 of 10,000 parts, so the schedule has a finite capacity: the longest stream it can hold.
 
 Stages are numbered from 0, so before the cap a part of stage ``k`` has ``part_size * 2**k``
@@ -15,7 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from s3mount.config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, GiB, KiB, MiB, TiB
+from s3mount.config import (
+    LATER_STAGE_PARTS,
+    S3_MAX_PART,
+    S3_MAX_PARTS,
+    S3_MIN_PART,
+    GiB,
+    KiB,
+    MiB,
+    TiB,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class PartSchedule:
-    """Part sizes that double every ``growth_every`` parts, within S3's limits."""
+    """Part sizes that double after ``growth_every`` parts, then after every
+    ``later_every`` parts, within S3's limits."""
 
     part_size: int = 8 * MiB
     growth_every: int = 1000
@@ -55,12 +68,24 @@ class PartSchedule:
         cap_stage = 0
         while (self.part_size << cap_stage) < S3_MAX_PART:
             cap_stage += 1
-        return min(cap_stage, (S3_MAX_PARTS - 1) // self.growth_every)
+        if self.growth_every >= S3_MAX_PARTS:
+            return 0
+        return min(cap_stage, 1 + (S3_MAX_PARTS - 1 - self.growth_every) // self.later_every)
+
+    @property
+    def later_every(self) -> int:
+        """Parts in each stage after the first."""
+        return min(self.growth_every, LATER_STAGE_PARTS)
+
+    def _first_part_of(self, index: int) -> int:
+        return 1 if index == 0 else self.growth_every + (index - 1) * self.later_every + 1
 
     def stage_of(self, n: int) -> int:
         """Index (from 0) of the stage that part ``n`` belongs to."""
         _check_part_number(n)
-        return min((n - 1) // self.growth_every, self.last_stage)
+        if n <= self.growth_every:
+            return 0
+        return min(1 + (n - 1 - self.growth_every) // self.later_every, self.last_stage)
 
     def size_of(self, n: int) -> int:
         """Size in bytes of part ``n`` (1-based)."""
@@ -111,8 +136,8 @@ class PartSchedule:
         cumulative = 0
         last = self.last_stage
         for index in range(last + 1):
-            first = index * self.growth_every + 1
-            end = S3_MAX_PARTS if index == last else first + self.growth_every - 1
+            first = self._first_part_of(index)
+            end = S3_MAX_PARTS if index == last else self._first_part_of(index + 1) - 1
             size = self._stage_size(index)
             cumulative += (end - first + 1) * size
             yield Stage(index, first, end, size, cumulative)
@@ -127,16 +152,19 @@ class PartSchedule:
             )
 
 
-def describe(schedule: PartSchedule) -> str:
-    """The stages of ``schedule`` as a markdown table, for the docs."""
+def describe(schedule: PartSchedule, memory: int | None = None) -> str:
+    """The stages of ``schedule`` as a markdown table, for the docs; with ``memory`` (the
+    write budget), a column of the write memory each stage needs: the same at every stage,
+    since big parts are assembled by the server (assembler.py)."""
     lines = [
-        "| stage | parts | part size | reaches |",
-        "|------:|------:|----------:|--------:|",
+        "| stage | parts | part size | reaches |" + (" write memory |" if memory else ""),
+        "|------:|------:|----------:|--------:|" + ("-------------:|" if memory else ""),
     ]
     for stage in schedule.stages():
         lines.append(
             f"| {stage.index} | {stage.first_part}–{stage.last_part} "
             f"| {human_size(stage.part_size)} | {human_size(stage.cumulative_bytes)} |"
+            + (f" {human_size(memory)} |" if memory else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -3,7 +3,8 @@
 Each mount listens on a unix socket private to the mounting user (mode 0600, in
 /run/s3mount as root, else $XDG_RUNTIME_DIR/s3mount or /tmp/s3mount-UID), named after a hash of
 the mountpoint. A client connects and reads one JSON document: every upload in flight (key,
-bytes written, bytes uploaded and verified, parts, rate, time left to drain), totals since the
+bytes written, bytes uploaded and verified, parts, rate, time left to drain, big parts being
+assembled by the server with their stage and temporary key), totals since the
 mount started, the write budget, and the last errors logged. No secrets are in it.
 """
 
@@ -77,6 +78,9 @@ def snapshot(config: Config, uploads: Uploads, started: float, errors: RecentErr
             "bytes_uploaded": up.bytes_uploaded, "parts_started": up.parts_started,
             "parts_uploaded": len(up.etags), "elapsed_s": round(elapsed, 1),
             "rate_bytes_s": round(rate), "drain_s": round(backlog / rate, 1) if rate else None,
+            "big_parts": [{"part": b.number, "size": b.size, "streamed": b.shipped,
+                           "stage": b.stage, "temporary_key": b.tmp}
+                          for b in sorted(up.bigs.values(), key=lambda b: b.number)],
         })
     budget = uploads.budget
     return {
@@ -161,6 +165,9 @@ def render(doc: dict[str, Any]) -> str:
                      f"uploaded and verified, parts {u['parts_uploaded']}/"
                      f"{u['parts_started']}, {human_size(u['rate_bytes_s'])}/s, "
                      f"drains in {drain}")
+        for b in u.get("big_parts", []):
+            lines.append(f"    big part {b['part']} ({human_size(b['size'])}): {b['stage']}, "
+                         f"{human_size(b['streamed'])} streamed to {b['temporary_key']}")
     r = doc.get("reads") or {}
     if r:
         failed = f", {r['failed_objects']} FAILED verification" if r["failed_objects"] else ""

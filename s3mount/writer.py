@@ -18,6 +18,11 @@ by its answer (its ETag is the MD5 the server computed of what it stored). Any f
 the upload, removes an object that failed verification, and is raised from `complete()` so
 that `close()` returns it.
 
+A part larger than one buffer (`--part-size`) is a big part: its bytes stream as a temporary
+object that the server copies into the part (`assembler.py`), so memory is the same at every
+stage of the schedule. A write that would pass the schedule's capacity (10,000 parts) fails
+with EFBIG.
+
 Where the bucket encrypts with SSE-KMS or SSE-C, or the server's ETags are no MD5s at all
 (the probe at mount start, `probe.py`, or the shape of an answer shows it), an additional
 checksum (`checksum.py`, CRC32C unless `--checksum` chose one) replaces the ETag checks for
@@ -38,13 +43,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from . import checksum
+from .assembler import TMP_DIR, BigPart, prove_by_reading
 from .buffers import Part, PartBody, WriteBudget
 from .checksum import Algorithm
-from .config import Config
+from .config import S3_MAX_PARTS, Config
 from .errors import FsError, IntegrityError, StoreError
 from .etag import MultipartETag, etag_is_md5, md5_shaped
 from .objects import Extra, ObjectInfo, Sent, Store
-from .schedule import PartSchedule
+from .schedule import PartSchedule, human_size
 
 if TYPE_CHECKING:
     from .probe import ServerTraits
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PART_VERIFY_ATTEMPTS = 3  # sends of one part whose returned ETag disagrees with its MD5
 READ_BACK_CHUNK = 4 * 1024 * 1024  # bytes per GET of --verify read-back
+MAX_PARTS = S3_MAX_PARTS  # a name of its own, so that a test can lower it
 T = TypeVar("T")
 
 NOT_MD5 = "this server's ETags are not MD5s"
@@ -84,7 +91,11 @@ class Upload:
         self.bytes_uploaded = 0  # in parts whose ETag matched
         self.started = time.monotonic()
         self.first: Part | None = None  # part 1 while it is held in memory
-        self.part: Part | None = None  # the part being filled (part 1 at first)
+        self.part: Part | None = None  # the part being filled (part 1 at first), or a sub-part
+        self.big: BigPart | None = None  # the big part being filled, if any
+        self.bigs: dict[int, BigPart] = {}  # big parts not yet done, by number (status)
+        # Big parts whose copy answer was no MD5: (number, start, length, MD5), read back.
+        self.read_back: list[tuple[int, int, int, bytes]] = []
         self.parts_started = 0
         self.etag = MultipartETag()
         self.etags: dict[int, str] = {}
@@ -104,6 +115,10 @@ class Upload:
         self.meta: dict[str, str] = {}
         self.content_type: str | None = None
         self.meta_sent: dict[str, str] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state is UploadState.FAILED
 
     @property
     def bytes_written(self) -> int:
@@ -194,7 +209,9 @@ class Upload:
         return parts
 
     def _window(self) -> str:
-        spans = [f"bytes {p.start}-{p.end} (part {p.number})" for p in self._held()]
+        spans = [f"bytes {p.start}-{p.end} (part {p.number})" if p is not self.part or
+                 self.big is None else f"bytes {p.start}-{p.end} (sub-part {p.number} of big "
+                 f"part {self.big.number})" for p in self._held()]
         if self.first is None and self.parts_started > 1:
             spans.insert(0, "part 1 was already sent: --max-memory was full")
         return "rewritable now: " + (", ".join(spans) or "nothing")
@@ -203,7 +220,8 @@ class Upload:
         """Shrink the stream to `size` bytes, all of whose bytes past it are in memory."""
         part = self.part
         assert part is not None  # something was written: size < end
-        low = 0 if self.first is not None and part.number <= 2 else part.start
+        low = 0 if self.first is not None and part.number <= 2 and self.big is None \
+            else part.start
         if size < low:
             raise FsError(
                 f"{self.key}: truncate to {size} bytes is not supported: bytes from {low} "
@@ -233,27 +251,58 @@ class Upload:
             return part
         if part is not None:
             self.part = None
-            if part is not self.first:
+            if self.big is not None:
+                self.big.ship(part)
+                if self.big.full:
+                    self.big.seal()
+                    self.big = None
+            elif part is not self.first:
                 self._ship(part)
             elif self.upload_id is None:
                 await self._create()
-        number = self.parts_started + 1
-        size = self.mgr.schedule.size_of(number)
-        if size > self.mgr.budget.capacity and number > 1 and self.mgr.schedule.size_of(
-                number - 1) <= self.mgr.budget.capacity:
-            log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
-                        "holds one part at a time", self.key, number, size >> 20)
+        if self.big is None:
+            number, size, start = self._next_part()
+            if number > 1 and self._is_big(size):
+                big = BigPart(self, number, size, start, self.mgr.sub_size)
+                await big.create()
+                self.big, self.parts_started = big, number
+        if self.big is not None:
+            number, size, start = self.big.next_sub()
         taken = await self.mgr.budget.acquire(size, self.key, spare=self._spare_first)
         if self.state is UploadState.FAILED:  # aborted while it waited (a second SIGTERM)
             self.mgr.budget.release(taken)
             assert self.error is not None
             raise self.error
-        start = self.mgr.schedule.capacity(number - 1)
         self.part = Part(number, size, taken, self.mgr.budget, start)
+        if self.big is not None:
+            self.big.subs = number
+            return self.part
         if number == 1:
             self.first = self.part
         self.parts_started = number
         return self.part
+
+    def _next_part(self) -> tuple[int, int, int]:
+        """Number, size and stream offset of the next part, or EFBIG past the schedule."""
+        number = self.parts_started + 1
+        schedule = self.mgr.schedule
+        if number > MAX_PARTS:
+            raise FsError(
+                f"{self.key}: the stream reached the part schedule's capacity of "
+                f"{human_size(schedule.capacity(MAX_PARTS))} in {MAX_PARTS} parts (S3's "
+                "limit); nothing more can be written to this file; upload aborted (mount with "
+                "a larger --part-size or a smaller --part-growth-every)", errno.EFBIG)
+        size = schedule.size_of(number)
+        if size > self.mgr.budget.capacity and not self._is_big(size) and \
+                schedule.size_of(number - 1) <= self.mgr.budget.capacity:
+            log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
+                        "holds one part at a time", self.key, number, size >> 20)
+        return number, size, schedule.capacity(number - 1)
+
+    def _is_big(self, size: int) -> bool:
+        """A part assembled by the server: larger than a buffer, and its copy can be proven
+        by MD5 (uploads where ETags are no MD5s, SSE-KMS or SSE-C, hold their parts whole)."""
+        return size > self.mgr.sub_size and self.md5_etags
 
     def _spare_first(self) -> bool:
         """The budget is full and nothing uploads: send part 1 now rather than wait for
@@ -315,7 +364,9 @@ class Upload:
                     digest, extra = await trio.to_thread.run_sync(
                         _hashes, view, self.algo, limiter=self.mgr.hashers)
                     self.etag.add_part(part.number, digest)
-                    etag = await self._send_verified(part, upload_id, view, digest, extra)
+                    etag = await self.send_verified(f"part {part.number}", self.key,
+                                                    upload_id, part.number, view, digest,
+                                                    extra)
                 self.etags[part.number] = etag
                 if extra is not None:
                     self.checksums[part.number] = extra
@@ -330,19 +381,21 @@ class Upload:
             self.inflight -= 1
             self.settled.unpark_all()
 
-    async def _send_verified(self, part: Part, upload_id: str, view: memoryview,
-                             digest: bytes, extra: Extra | None) -> str:
+    async def send_verified(self, what: str, key: str, upload_id: str, number: int,
+                            view: memoryview, digest: bytes, extra: Extra | None) -> str:
+        """Send part `number` of upload `upload_id` of `key` (`what`: "part N", or a big
+        part's sub-part) until S3's answer matches its checksums; returns its ETag."""
         for attempt in range(1, PART_VERIFY_ATTEMPTS + 1):
-            sent = await self.store.upload_part(self.key, upload_id, part.number,
-                                                PartBody(view), digest, extra)
-            problem = self._check_sent(f"part {part.number}", sent, digest, extra)
+            sent = await self.store.upload_part(key, upload_id, number, PartBody(view), digest,
+                                                extra)
+            problem = self._check_sent(what, sent, digest, extra)
             if problem is None:
                 return sent.etag
             if problem.startswith(NOT_MD5):  # sending it again cannot change that
-                raise IntegrityError(f"{self.key}: part {part.number}: {problem}")
-            log.warning("%s: part %d %s (attempt %d/%d); sending it again", self.key,
-                        part.number, problem, attempt, PART_VERIFY_ATTEMPTS)
-        raise IntegrityError(f"{self.key}: part {part.number} never came back with the "
+                raise IntegrityError(f"{self.key}: {what}: {problem}")
+            log.warning("%s: %s %s (attempt %d/%d); sending it again", self.key, what,
+                        problem, attempt, PART_VERIFY_ATTEMPTS)
+        raise IntegrityError(f"{self.key}: {what} never came back with the "
                              f"checksums of what was sent: {problem}")
 
     def _check_sent(self, what: str, sent: Sent, digest: bytes,
@@ -405,7 +458,20 @@ class Upload:
         if part is not None and part is not self.first and not part.fill:
             part.free(self.mgr.budget)  # emptied by a truncate
             self.part = None
-            self.parts_started -= 1
+            if self.big is not None:
+                self.big.subs -= 1
+            else:
+                self.parts_started -= 1
+        if self.big is not None:
+            big, self.big = self.big, None
+            if self.part is not None:
+                big.ship(self.part)
+                self.part = None
+            if big.subs:
+                big.seal()
+            else:  # emptied by a truncate
+                await big.discard()
+                self.parts_started -= 1
         if self.parts_started == 0 or self.parts_started == 1 and self.first is not None:
             return await self._put_single()
         for held in reversed(self._held()):  # the last part, then part 1
@@ -420,11 +486,18 @@ class Upload:
         if self.algo is not None:
             summed = self.algo.composite([self.checksums[n][1] for n in numbers])
         assert self.upload_id is not None
-        await self.store.complete_upload(
+        answer = await self.store.complete_upload(
             self.key, self.upload_id,
             [(n, self.etags[n], self.checksums.get(n)) for n in numbers])
         self.upload_id = None  # completed: nothing left to abort
-        return await self._verify(self.etag.value() if self.md5_etags else None, summed)
+        # With parts proven by reading them back, the object's ETag is built by the server
+        # from its own answers for them: the one completion answered.
+        expected = answer if self.read_back else self.etag.value()
+        info = await self._verify(expected if self.md5_etags else None, summed)
+        if self.read_back:
+            await prove_by_reading(self, info.etag)
+            await self.mgr.checksum_for_copies()
+        return info
 
     async def _put_single(self) -> ObjectInfo:
         """One PutObject, verified by its answer: S3 checked the body against Content-MD5 (and
@@ -463,7 +536,7 @@ class Upload:
         except IntegrityError as exc:  # stored, but unproven: it must not stay
             problem = str(exc).removeprefix(f"{self.key}: ")
         if problem:
-            await self._remove_bad_object(f"the PUT {problem}")
+            await self.remove_bad_object(f"the PUT {problem}")
         if self.mgr.read_back:
             await self._read_back(sent.etag, [(self.end, digest)])
         return ObjectInfo(self.key, self.end, time.time(), sent.etag,
@@ -489,7 +562,7 @@ class Upload:
             assert self.algo is not None
             wrong.append(f"{self.algo.s3_name} {info.checksum}, expected {summed}")
         if wrong:
-            await self._remove_bad_object("stored " + "; ".join(wrong))
+            await self.remove_bad_object("stored " + "; ".join(wrong))
         if self.mgr.read_back:
             await self._read_back(info.etag, self._part_digests())
         return info
@@ -513,16 +586,16 @@ class Upload:
                 try:
                     await self.store.get_range(self.key, start, view, etag)
                 except StoreError as exc:  # unproven: it must not stay as if it were
-                    await self._remove_bad_object(f"it could not be read back: {exc}")
+                    await self.remove_bad_object(f"it could not be read back: {exc}")
                 await trio.to_thread.run_sync(md5.update, view, limiter=self.mgr.hashers)
             pos += size
             if md5.digest() != want:
-                await self._remove_bad_object(
+                await self.remove_bad_object(
                     f"read back, part {number} has MD5 {md5.hexdigest()}, but the bytes sent "
                     f"have {want.hex()}")
         log.debug("%s: read back and verified, %d bytes", self.key, pos)
 
-    async def _remove_bad_object(self, detail: str) -> None:
+    async def remove_bad_object(self, detail: str) -> None:
         try:
             await self.store.delete(self.key)
         except StoreError as exc:
@@ -539,6 +612,9 @@ class Upload:
         self.part = self.first = None
         while self.inflight:  # parts not yet sent are skipped; a part sent after the abort
             await self.settled.park()  # would keep storage alive
+        if self.big is not None:  # being filled: its temporary upload goes too
+            big, self.big = self.big, None
+            await big.discard()
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
             try:
@@ -564,6 +640,13 @@ class Uploads:
         self.store = store
         self.nursery = nursery
         self.bucket = config.bucket
+        self.prefix = config.prefix
+        self.sub_size = config.part_size  # buffers of big parts (assembler.py)
+        self.proof: str | None = None  # how big parts are proven on this server (logged once)
+        # The server answers UploadPartCopy with MD5s only for uploads that declare a checksum
+        # (SeaweedFS): new uploads declare CRC32C.
+        self.copies_need_checksum = False
+        self.try_checksum = False  # after a read-back, until checksum_for_copies looked
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
         self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)
         self.etags_are_md5 = True  # until S3 answers that it encrypts with SSE-KMS / SSE-C
@@ -578,9 +661,11 @@ class Uploads:
 
     def algorithm(self) -> Algorithm | None:
         """The additional checksum new uploads use: the chosen one, else CRC32C once the
-        bucket has shown that its ETags are no MD5s (unless the probe showed that the server
-        keeps no checksums: then only --verify read-back proves uploads), else none."""
-        if self.chosen is not None or self.etags_are_md5 or self.checksums_kept is False:
+        bucket has shown that its ETags are no MD5s or big parts' copies need one to be
+        proven (unless the probe showed that the server keeps no checksums: then only
+        --verify read-back proves uploads), else none."""
+        if (self.chosen is not None or self.checksums_kept is False
+                or (self.etags_are_md5 and not self.copies_need_checksum)):
             return self.chosen
         return checksum.get(checksum.DEFAULT_FOR_ENCRYPTED)
 
@@ -610,6 +695,49 @@ class Uploads:
         """Whether this mount has learnt that nothing can verify an upload: ETags are not
         MD5s, the server returns no checksums, and --verify read-back is off."""
         return not (self.etags_are_md5 or self.checksums_kept is not False or self.read_back)
+
+    def note_proof(self, answer: str, digest: bytes, algo: Algorithm | None) -> None:
+        """Log once per mount how big parts are proven, from the first copy answer."""
+        proof = "copy" if answer == digest.hex() else "read-back"
+        if self.proof == proof:
+            return
+        self.proof = proof
+        if proof == "copy":
+            log.info("big parts are assembled by the server (UploadPartCopy) and proven by its "
+                     "answer: this server answers the MD5 of the copied bytes%s",
+                     f" (and their {algo.s3_name}, which is checked too)" if algo else "")
+            return
+        log.info("big parts are assembled by the server (UploadPartCopy), whose answer here "
+                 "is no MD5 (%s): each big part of this upload is proven by reading its range "
+                 "of the completed object back and comparing its MD5, before close returns",
+                 answer)
+        self.try_checksum = self.chosen is None
+
+    async def checksum_for_copies(self) -> None:
+        """After a read-back: if the server returns additional checksums (a PUT of a few bytes
+        with CRC32C under the hidden prefix shows it), later uploads declare CRC32C, for which
+        a server like SeaweedFS answers copies with the MD5 (and CRC32C) of the bytes."""
+        if not self.try_checksum:
+            return
+        self.try_checksum = False
+        algo = checksum.get(checksum.DEFAULT_FOR_ENCRYPTED)
+        key, body = self.prefix + TMP_DIR + "checksum-probe", b"s3mount"
+        want = algo.part(body)
+        try:
+            sent = await self.store.put(key, body, hashlib.md5(body).digest(), (algo, want))
+            await self.store.delete(key)
+        except StoreError as exc:
+            log.info("could not find out whether the server returns checksums (%s): big parts "
+                     "stay proven by reading them back", exc)
+            return
+        if sent.checksum != want:
+            log.info("the server does not return CRC32C checksums: big parts stay proven by "
+                     "reading them back")
+            return
+        self.copies_need_checksum = True
+        log.info("later uploads declare CRC32C: with it, this server answers UploadPartCopy "
+                 "with the MD5 of the copied bytes (and their CRC32C), which proves big parts "
+                 "without reading them back")
 
     def start(self, key: str) -> Upload:
         if self.unprovable():  # fail at open, where `echo > f` sees it (bash drops close's)

@@ -9,6 +9,8 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `truncate_rate`: for GETs, send the headers and only half of the body, then close;
 - `truncate_next`: do that to the next this many GETs;
 - `rewrite_part_etags`: answer this many UploadPart requests with a wrong ETag;
+- `rewrite_copy_etags`: answer this many UploadPartCopy requests with a wrong ETag (in the
+  CopyPartResult body);
 - `blackout_until`: until this `time.monotonic()`, reset every connection;
 - `hang_until`: until this `time.monotonic()`, accept each request and never answer it; when
   the time comes, reset the connection (a server that went silent);
@@ -103,6 +105,7 @@ class FaultProxy:
         self.truncate_rate = 0.0
         self.truncate_next = 0
         self.rewrite_part_etags = 0
+        self.rewrite_copy_etags = 0
         self.blackout_until = 0.0
         self.hang_until = 0.0
         self.non_md5_etags = False
@@ -150,7 +153,8 @@ class FaultProxy:
 
     def clear(self) -> None:
         self.error_rate = self.reset_rate = self.latency = self.truncate_rate = 0.0
-        self.rewrite_part_etags = self.truncate_next = self.head_extra_bytes = 0
+        self.rewrite_part_etags = self.rewrite_copy_etags = self.truncate_next = 0
+        self.head_extra_bytes = 0
         self.blackout_until = self.hang_until = 0.0
         self.non_md5_etags = self.strip_checksums = self.flip_gets = False
 
@@ -208,7 +212,18 @@ class FaultProxy:
             i = len(data) // 2
             data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
         is_part = h.command == "PUT" and "partNumber=" in h.path and "uploadId=" in h.path
-        if is_part and status == 200:
+        is_copy = is_part and "x-amz-copy-source" in {k.lower() for k in h.headers}
+        if is_copy:
+            self._count("COPY-PART")
+        if is_copy and status == 200:
+            with self.lock:
+                rewrite = self.rewrite_copy_etags > 0
+                self.rewrite_copy_etags -= rewrite
+            if rewrite:
+                self._count("rewritten_copy_etags")
+                data = re.sub(rb"<ETag>[^<]*</ETag>", b"<ETag>&quot;" + b"0" * 32
+                              + b"&quot;</ETag>", data)
+        elif is_part and status == 200:
             with self.lock:
                 rewrite = self.rewrite_part_etags > 0
                 self.rewrite_part_etags -= rewrite

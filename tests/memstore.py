@@ -337,6 +337,12 @@ class MemStore:
         await trio.lowlevel.checkpoint()
         return self.objects[dst].etag
 
+    async def copy_part_checked(self, dst: str, upload_id: str, number: int, src: str,
+                                size: int, etag: str, checksum: Algorithm | None) -> Sent:
+        got = await self.copy_part(dst, upload_id, number, src, 0, size, etag)
+        stored = self.uploads[upload_id].parts[number].checksum
+        return Sent(got, stored if checksum is not None else None)
+
     async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,
                         end: int, etag: str) -> str:
         what = f"COPY-PART {number} {src} -> {dst}"

@@ -23,7 +23,8 @@ def brute_force_sizes(schedule: PartSchedule) -> list[int]:
     size = schedule.part_size
     for n in range(1, S3_MAX_PARTS + 1):
         sizes.append(min(size, S3_MAX_PART))
-        if n % schedule.growth_every == 0:
+        later = n - schedule.growth_every
+        if later == 0 or later > 0 and later % min(schedule.growth_every, 100) == 0:
             size *= 2
     return sizes
 
@@ -32,10 +33,13 @@ def test_defaults() -> None:
     schedule = PartSchedule()
     assert (schedule.part_size, schedule.growth_every) == (8 * MiB, 1000)
     assert schedule.capacity() >= 5 * TiB
-    assert schedule.capacity() == 1000 * 8 * MiB * (2**10 - 1)  # about 7.80 TiB
-    assert schedule.size_of(S3_MAX_PARTS) == 4 * GiB
-    assert max(stage.part_size for stage in schedule.stages()) == 4 * GiB
-    assert len(schedule.stages()) == 10
+    assert schedule.capacity() >= 40 * TiB  # the issue asks for 40 TiB in one stream
+    assert schedule.capacity(1000) == 1000 * 8 * MiB  # 7.8 GiB in 8 MiB parts: no big part
+    assert schedule.capacity() == 1000 * 8 * MiB + 100 * 8 * MiB * (2**10 - 2) + 8100 * 5 * (
+        1024 * MiB)  # 40.33 TiB
+    assert schedule.size_of(S3_MAX_PARTS) == 5 * GiB
+    assert max(stage.part_size for stage in schedule.stages()) == 5 * GiB
+    assert len(schedule.stages()) == 11
 
 
 def test_defaults_first_and_stage_boundaries() -> None:
@@ -45,7 +49,9 @@ def test_defaults_first_and_stage_boundaries() -> None:
     assert schedule.size_of(1001) == 16 * MiB
     assert schedule.stage_of(1000) == 0
     assert schedule.stage_of(1001) == 1
-    assert schedule.stage_of(S3_MAX_PARTS) == 9
+    assert schedule.size_of(1100) == 16 * MiB
+    assert schedule.size_of(1101) == 32 * MiB
+    assert schedule.stage_of(S3_MAX_PARTS) == 10
 
 
 def test_cap_at_max_part() -> None:
@@ -185,9 +191,9 @@ def test_describe_defaults() -> None:
     table = describe(PartSchedule())
     lines = table.splitlines()
     assert lines[0] == "| stage | parts | part size | reaches |"
-    assert len(lines) == 2 + 10
+    assert len(lines) == 2 + 11
     assert lines[2] == "| 0 | 1–1000 | 8 MiB | 7.81 GiB |"
-    assert lines[-1] == "| 9 | 9001–10000 | 4 GiB | 7.80 TiB |"
+    assert lines[-1] == "| 10 | 1901–10000 | 5 GiB | 40.33 TiB |"
 
 
 @pytest.mark.parametrize(

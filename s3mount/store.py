@@ -45,6 +45,7 @@ from .errors import (
     StoreError,
     TransientError,
 )
+from .etag import normalize_etag
 from .objects import (
     Body,
     Extra,
@@ -128,10 +129,6 @@ def _returned_checksum(r: dict[str, Any], checksum: Extra | None) -> str | None:
         return None
     got = r.get(checksum[0].field)
     return str(got) if got else None
-
-
-def strip_etag(etag: str) -> str:
-    return etag.strip('"').lower()
 
 
 def _b64(digest: bytes) -> str:
@@ -446,7 +443,7 @@ class S3Store:
             return None
         algo = next((a for a in ALGORITHMS.values() if r.get(a.field)), None)
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
-                          strip_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
+                          normalize_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
                           _encryption(r), dict(r.get("Metadata") or {}),
                           r.get("ContentType") or None, algo.name if algo else None)
 
@@ -460,7 +457,7 @@ class S3Store:
         r = await self._read_call(f"LIST {prefix!r}",
                                   lambda: self.client.list_objects_v2(**args))
         objects = [ObjectInfo(o["Key"], int(o["Size"]), o["LastModified"].timestamp(),
-                              strip_etag(o.get("ETag", ""))) for o in r.get("Contents", [])]
+                              normalize_etag(o.get("ETag", ""))) for o in r.get("Contents", [])]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
         nxt = r.get("NextContinuationToken") if r.get("IsTruncated") else None
         return ListPage(objects, prefixes, nxt)
@@ -508,7 +505,7 @@ class S3Store:
         extra = {**_extra_args(checksum), **_object_args(meta, content_type)}
         r = await self._write_call(f"PUT {key}", lambda: self.client.put_object(
             Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5), **extra))
-        return Sent(strip_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
+        return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 
     async def create_upload(self, key: str, algorithm: Algorithm | None = None,
@@ -530,7 +527,7 @@ class S3Store:
         r = await self._write_call(f"PART {number} of {key}", lambda: self.client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
             Body=_rewound(body), ContentMD5=_b64(md5), **extra))
-        return Sent(strip_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
+        return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 
     async def complete_upload(self, key: str, upload_id: str,
@@ -540,7 +537,7 @@ class S3Store:
                                    .complete_multipart_upload(Bucket=self.bucket, Key=key,
                                                               UploadId=upload_id,
                                                               MultipartUpload=spec))
-        return strip_etag(r.get("ETag", ""))
+        return normalize_etag(r.get("ETag", ""))
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         await self._write_call(f"ABORT {key}", lambda: self.client.abort_multipart_upload(
@@ -562,7 +559,7 @@ class S3Store:
         r = await self._write_call(f"COPY {src} -> {dst}", lambda: self.client.copy_object(
             Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src},
             CopySourceIfMatch=f'"{etag}"', **extra))
-        return strip_etag(r.get("CopyObjectResult", {}).get("ETag", ""))
+        return normalize_etag(r.get("CopyObjectResult", {}).get("ETag", ""))
 
     async def copy_part(self, dst: str, upload_id: str, number: int, src: str, start: int,
                         end: int, etag: str) -> str:
@@ -572,7 +569,7 @@ class S3Store:
             Bucket=self.bucket, Key=dst, UploadId=upload_id, PartNumber=number,
             CopySource={"Bucket": self.bucket, "Key": src}, CopySourceIfMatch=f'"{etag}"',
             CopySourceRange=f"bytes={start}-{end - 1}"))
-        return strip_etag(r.get("CopyPartResult", {}).get("ETag", ""))
+        return normalize_etag(r.get("CopyPartResult", {}).get("ETag", ""))
 
     async def copy_part_checked(self, dst: str, upload_id: str, number: int, src: str,
                                 size: int, etag: str, checksum: Algorithm | None) -> Sent:
@@ -585,7 +582,7 @@ class S3Store:
             CopySourceRange=f"bytes=0-{size - 1}"))
         result = r.get("CopyPartResult", {})
         got = result.get(checksum.field) if checksum is not None else None
-        return Sent(strip_etag(result.get("ETag", "")), str(got) if got else None)
+        return Sent(normalize_etag(result.get("ETag", "")), str(got) if got else None)
 
     async def part_size(self, key: str, number: int, etag: str) -> int | None:
         """Size of part `number` of a multipart object, or None if the server cannot say."""

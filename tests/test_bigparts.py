@@ -140,6 +140,7 @@ def writer_attempts() -> int:
     return COPY_VERIFY_ATTEMPTS
 
 
+@pytest.mark.expect_log(r"^s3mount\.store: S3 stall")
 async def test_failed_requests_during_sub_parts_and_copies(server: Server,
                                                            nursery: trio.Nursery) -> None:
     with FaultProxy(server.config.endpoint_url or "", seed=7) as proxy:

@@ -235,18 +235,32 @@ def test_ffmpeg_writes_a_video(mounted: Mount, s3: Any, bucket: str, tmp_path: P
                "csv=p=0", str(mounted.path / f"video.{ext}")).stdout.startswith("3.0")
 
 
-def test_a_database_is_refused_with_a_clear_line(mounted: Mount, s3: Any, bucket: str) -> None:
-    """sqlite reads back what it writes and rewrites its journal after syncing it: random
-    access, which a streamed object cannot give. It fails with an error, and the log says
-    why; nothing half-written is left as the database."""
-    mounted.allowed_errors += ["need random access", "already completed"]
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1])\n"
-            "c.execute('create table t(x)')\n"
-            "c.executemany('insert into t values (?)', [(i,) for i in range(1000)])\n"
-            "c.commit()\n")
-    r = subprocess.run([sys.executable, "-c", code, str(mounted.path / "db.sqlite")],
-                       capture_output=True, text=True, timeout=60)
+def test_a_database_is_refused_with_a_clear_line(mounted: Mount, s3: Any, bucket: str,
+                                                 tmp_path: Path) -> None:
+    """A new small sqlite database is written once, in order but for header patches in its
+    first part, and works; changing an existing one rewrites pages in place and reads back its
+    journal while writing it: random access, refused with an error and a log line saying why,
+    the database left as it was."""
+    mounted.allowed_errors += ["need random access", "would change the existing object"]
+    create = ("import sqlite3, sys\n"
+              "c = sqlite3.connect(sys.argv[1])\n"
+              "c.execute('create table t(x)')\n"
+              "c.executemany('insert into t values (?)', [(i,) for i in range(1000)])\n"
+              "c.commit()\n")
+    db = mounted.path / "db.sqlite"
+    run(sys.executable, "-c", create, str(db))
+    local = tmp_path / "copy.sqlite"
+    local.write_bytes(get(s3, bucket, "db.sqlite"))
+    check = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(" \
+            "'select count(*) from t').fetchone()[0])"
+    assert run(sys.executable, "-c", check, str(local)).stdout.strip() == "1000"
+    before = get(s3, bucket, "db.sqlite")
+    change = ("import sqlite3, sys\n"
+              "c = sqlite3.connect(sys.argv[1])\n"
+              "c.execute('insert into t values (1)')\n"
+              "c.commit()\n")
+    r = subprocess.run([sys.executable, "-c", change, str(db)], capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode != 0 and "disk I/O error" in r.stderr, r.stderr
-    log = mounted.log()
-    assert "need random access" in log or "already completed" in log
+    assert "would change the existing object" in mounted.log()
+    assert get(s3, bucket, "db.sqlite") == before

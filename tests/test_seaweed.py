@@ -73,6 +73,7 @@ def test_given_existing_data_dir_is_kept(tmp_path: Path) -> None:
     assert tmp_path.is_dir()
 
 
+@pytest.mark.expect_log(r"^tests\.seaweed: weed exited with")
 def test_start_retries_with_fresh_ports_when_one_is_taken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -192,11 +192,8 @@ class BigPart:
                 up.etag.add_part(self.number, digest)
                 up.bytes_uploaded += self.shipped
                 self.stage = "proven"
-        except FsError as exc:
-            up.error = up.error or exc
-        except Exception as exc:
-            log.exception("%s: big part %d failed unexpectedly", up.key, self.number)
-            up.error = up.error or FsError(f"{up.key}: part {self.number}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - kept for the writer (record_failure)
+            up.record_failure(exc, f"big part {self.number}")
         finally:
             if self.stage != "proven":
                 self.stage = "failed"

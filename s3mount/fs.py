@@ -36,6 +36,12 @@ _NO_META = FileMeta()
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# setattr's fields -> (the attribute carrying the value, the FileMeta field it sets)
+_SETATTR = (("update_mode", "st_mode", "mode"), ("update_uid", "st_uid", "uid"),
+            ("update_gid", "st_gid", "gid"), ("update_mtime", "st_mtime_ns", "mtime_ns"),
+            ("update_atime", "st_atime_ns", "atime_ns"),
+            ("update_ctime", "st_ctime_ns", "ctime_ns"))
+
 BLOCK = 1 * MiB  # st_blksize: tools size their I/O by it (cp uses it), FUSE writes are 1 MiB
 
 
@@ -134,19 +140,8 @@ class S3Fs(pyfuse3.Operations):
                 h.upload = await self.ns.truncate(node, attr.st_size, h.upload, handle=True)
             else:
                 await self.ns.truncate(node, attr.st_size, None, handle=False)
-        changes = {}
-        if fields.update_mode:
-            changes["mode"] = attr.st_mode
-        if fields.update_uid:
-            changes["uid"] = attr.st_uid
-        if fields.update_gid:
-            changes["gid"] = attr.st_gid
-        if fields.update_mtime:
-            changes["mtime_ns"] = attr.st_mtime_ns
-        if fields.update_atime:
-            changes["atime_ns"] = attr.st_atime_ns
-        if fields.update_ctime:
-            changes["ctime_ns"] = attr.st_ctime_ns
+        changes = {key: getattr(attr, name) for flag, name, key in _SETATTR
+                   if getattr(fields, flag)}
         if changes:
             await self.ns.set_attrs(node, **changes)
         return self.attrs(node)

@@ -354,6 +354,14 @@ class Upload:
         log.debug("%s: multipart upload %s started", self.key, self.upload_id)
         return started.upload_id
 
+    def record_failure(self, exc: Exception, what: str) -> None:
+        """Keep the first failure of a background task (a part, a big part) for the writer
+        to see; one that is not ours is logged with its traceback first."""
+        if not isinstance(exc, FsError):
+            log.exception("%s: %s failed unexpectedly", self.key, what)
+            exc = FsError(f"{self.key}: {what}: {exc}")
+        self.error = self.error or exc
+
     async def _send_part(self, part: Part, upload_id: str) -> None:
         """Background task: never raises; a failure is kept for the writer to see."""
         try:
@@ -371,11 +379,8 @@ class Upload:
                 if extra is not None:
                     self.checksums[part.number] = extra
                 self.bytes_uploaded += part.fill
-        except FsError as exc:
-            self.error = self.error or exc
-        except Exception as exc:
-            log.exception("%s: part %d failed unexpectedly", self.key, part.number)
-            self.error = self.error or FsError(f"{self.key}: part {part.number}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - kept for the writer (record_failure)
+            self.record_failure(exc, f"part {part.number}")
         finally:
             part.free(self.mgr.budget)
             self.inflight -= 1

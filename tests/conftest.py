@@ -136,6 +136,14 @@ def moto_config(motoserver: MotoServer, request: pytest.FixtureRequest,
                   credentials=Credentials(MOTO_ACCESS_KEY, MOTO_SECRET_KEY, "moto"))
 
 
+def run_ok(*cmd: str, cwd: Path | None = None, timeout: float = 180,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a program (onto a mount); it must exit 0, else its output is the failure."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    assert r.returncode == 0, f"{cmd}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
 def put(s3: Any, bucket: str, key: str, body: bytes = b"x") -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=body)
 

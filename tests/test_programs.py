@@ -17,15 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Mount, get, keys
+from tests.conftest import Mount, get, keys, run_ok
 
-
-def run(*cmd: str, cwd: Path | None = None, timeout: float = 180,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                       env=env)
-    assert r.returncode == 0, f"{cmd}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
+run = functools.partial(run_ok, timeout=180)
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ for byte, the same tool's output on local disk, and pass the tool's own test."""
 
 from __future__ import annotations
 
+import functools
 import os
-import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 
 from s3mount.config import MiB
-from tests.conftest import Mount, get, keys, open_uploads
+from tests.conftest import Mount, get, keys, open_uploads, run_ok
 
-
-def run(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert r.returncode == 0, f"{cmd}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
+run = functools.partial(run_ok, timeout=300)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ local reference (`diff -r`), checked again object by object in the bucket with b
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -14,15 +15,12 @@ from typing import Any
 import pytest
 
 from s3mount.config import MiB
-from tests.conftest import Mount, get, keys
+from tests.conftest import Mount, get, keys, run_ok
 
 BIG = 6 * MiB + 123  # two parts with the tests' 5 MiB part size
 
 
-def run(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
-    assert r.returncode == 0, f"{cmd}: exit {r.returncode}\n{r.stderr}"
-    return r
+run = functools.partial(run_ok, timeout=120)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from tests.conftest import Mount, get, keys, open_uploads, s3mount_cmd, start_mo
 from tests.faultproxy import FaultProxy
 from tests.faults import FaultyStore
 from tests.seaweed import SeaweedServer, s3_client
+from tests.test_status import HOLDER
 
 
 @pytest.fixture
@@ -278,15 +279,6 @@ def test_lying_head_fails_at_once(mount_factory: Callable[..., Mount], proxy: Fa
 
 # -- --metrics ---------------------------------------------------------------------------------
 
-HOLDER = """
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-for i in range(12):
-    os.write(fd, bytes([i]) * (1 << 20))
-print("written", flush=True)
-sys.stdin.readline()
-os.close(fd)
-"""
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -1,26 +1,30 @@
 """The tail of a big disk: one stream whose parts grow past `--max-memory`, against the 8 MiB
-stage, in the same run, on SeaweedFS and on moto's server (`python bench/bigdisk.py`; also run
-by `make bench-bigdisk`).
+stage, in the same run, on SeaweedFS and on moto's server (`python bench/bigdisk.py`; run by
+`make bench` after bench/run.py, and alone by `make bench-bigdisk`).
 
 For each server, two streams of the same length are written through a fresh s3mount mount with
 `--max-memory 24M` (1 MiB writes, as `dd bs=1M`; bytes vary per MiB):
 - "8 MiB stage": the default schedule, so every part is 8 MiB and nothing is copied;
 - "big parts": `--part-growth-every 2`, so parts are 8, 8, 16, 16, 32, ... MiB up to two parts
-  of `--top` MiB (512 by default: a 2 GiB stream; 4096 for the 4 GiB case, a 16 GiB stream:
-  `python bench/bigdisk.py --top 4096 --servers seaweed`), each part past the first two
+  of `--top` MiB (`--tops 512,4096` by default: a 2 GiB stream, then the 4 GiB case, a 16 GiB
+  stream, on SeaweedFS only: moto keeps objects in memory), each part past the first two
   assembled by the server (assembler.py);
 - on SeaweedFS also "big parts, crc32c": the same with `--checksum crc32c`, with which
   SeaweedFS answers each copy with the MD5 and CRC32C of the copied bytes (no read-back).
 Each stream is timed from the first write to the return of close() (the object complete and
 verified, big parts proven), and MiB/s is given for the whole stream and for its last stage
 alone (the parts of `--top` MiB; from its first write to close). The mount's resident memory
-is sampled every 0.1 s: peak per stage, and the process's VmHWM at the end. Results go to
-stdout as a markdown table (docs/benchmarks.md holds the figures of one run).
+is sampled every 0.1 s: peak per stage, and the process's VmHWM at the end; the CPU time
+(user + system) of the mount and of the server process, per GiB written, shows where the work
+goes. Each stream gets a fresh server (SeaweedFS slows down as it fills; every stream starts
+alike). Results go to stdout as markdown tables and, with `--out FILE`, replace the part of FILE
+between the BEGIN/END markers below (docs/benchmarks.md, "The tail of a big disk").
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import subprocess
 import sys
@@ -39,6 +43,8 @@ from tests.motoserver import MotoServer  # noqa: E402
 from tests.seaweed import SeaweedServer  # noqa: E402
 
 Server = SeaweedServer | MotoServer
+BEGIN = "<!-- bigdisk: BEGIN (written by bench/bigdisk.py --out) -->"
+END = "<!-- bigdisk: END -->"
 
 
 def rss(pid: int, field_name: str = "VmRSS") -> int:
@@ -48,10 +54,24 @@ def rss(pid: int, field_name: str = "VmRSS") -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system time of process `pid` and its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pid(server: Server) -> int:
+    if isinstance(server, SeaweedServer):
+        return server.pid
+    assert server.proc is not None
+    return server.proc.pid
+
+
 @dataclass
 class Result:
     server: str
     stream: str
+    top: int
     mib: int
     seconds: float
     last_part_mib: int
@@ -59,6 +79,8 @@ class Result:
     peak_by_stage: dict[int, int] = field(default_factory=dict)
     hwm: int = 0
     proof: str = ""
+    mount_cpu: float = 0.0
+    server_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -67,6 +89,9 @@ class Result:
     @property
     def last_rate(self) -> float:
         return self.last_part_mib / self.last_part_seconds
+
+    def per_gib(self, cpu: float) -> float:
+        return cpu / (self.mib / 1024)
 
 
 @contextmanager
@@ -91,14 +116,15 @@ def mounted(server: Server, bucket: str, args: list[str]) -> Iterator[tuple[Path
         proc.wait(120)
 
 
-def stream(server: Server, name: str, bucket: str, mib: int, schedule: PartSchedule,
-           args: list[str]) -> Result:
+def stream(server: Server, name: str, top: int, bucket: str, mib: int,
+           schedule: PartSchedule, args: list[str]) -> Result:
     pool = os.urandom(64 * MiB)
     sizes = schedule.parts_for(mib * MiB)
     last_start = sum(s for s in sizes if s < max(sizes)) // MiB
     stage_of_mib = []
     for n, size in enumerate(sizes, 1):
         stage_of_mib += [schedule.stage_of(n)] * (size // MiB)
+    spid = server_pid(server)
     with mounted(server, bucket, args) as (mnt, pid, log):
         peaks: dict[int, int] = {}
         at = [0]
@@ -112,6 +138,7 @@ def stream(server: Server, name: str, bucket: str, mib: int, schedule: PartSched
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        mount_cpu0, server_cpu0 = cpu_seconds(pid), cpu_seconds(spid)
         t0 = time.monotonic()
         t_last = t0
         with open(mnt / "disk.img", "wb", buffering=0) as f:
@@ -124,6 +151,7 @@ def stream(server: Server, name: str, bucket: str, mib: int, schedule: PartSched
                 chunk[:8] = i.to_bytes(8, "little")  # no two MiB alike
                 f.write(chunk)
         t1 = time.monotonic()
+        mount_cpu, server_cpu = cpu_seconds(pid) - mount_cpu0, cpu_seconds(spid) - server_cpu0
         done.set()
         sampler.join()
         hwm = rss(pid, "VmHWM")
@@ -132,12 +160,13 @@ def stream(server: Server, name: str, bucket: str, mib: int, schedule: PartSched
         raise RuntimeError(f"{name}: upload not verified: {text[-2000:]}")
     proof = ("copy answer" if "answers the MD5 of the copied bytes" in text else
              "read-back" if "reading its range of the completed object back" in text else "-")
-    return Result(type(server).__name__, name, mib, t1 - t0, mib - last_start, t1 - t_last,
-                  peaks, hwm, proof)
+    kind = "SeaweedFS" if isinstance(server, SeaweedServer) else "moto"
+    return Result(kind, name, top, mib, t1 - t0, mib - last_start, t1 - t_last, peaks, hwm,
+                  proof, mount_cpu, server_cpu)
 
 
-def run(server: Server, top_mib: int) -> list[Result]:
-    client = server.client()
+def run(kind: str, top_mib: int) -> list[Result]:
+    """The streams of one server kind up to parts of `top_mib`, each on a fresh server."""
     big = PartSchedule(8 * MiB, 2)
     sizes: list[int] = []
     n = 1
@@ -148,48 +177,78 @@ def run(server: Server, top_mib: int) -> list[Result]:
     out: list[Result] = []
     streams = [("8 MiB stage", PartSchedule(), []),
                ("big parts", big, ["--part-growth-every", "2"])]
-    if isinstance(server, SeaweedServer):
+    if kind == "seaweed":
         streams.append(("big parts, crc32c", big,
                         ["--part-growth-every", "2", "--checksum", "crc32c"]))
     for name, schedule, args in streams:
-        bucket = f"bigdisk-{len(out)}-{os.getpid()}"
-        client.create_bucket(Bucket=bucket)
-        out.append(stream(server, name, bucket, mib, schedule, args))
-        for o in client.list_objects_v2(Bucket=bucket).get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=o["Key"])
+        server: Server = SeaweedServer() if kind == "seaweed" else MotoServer()
+        server.start()
+        try:
+            bucket = f"bigdisk-{len(out)}-{os.getpid()}"
+            server.client().create_bucket(Bucket=bucket)
+            out.append(stream(server, name, top_mib, bucket, mib, schedule, args))
+        finally:
+            server.stop()
+        print(f"  {kind} {name} up to {top_mib} MiB parts: {out[-1].rate:.0f} MiB/s",
+              file=sys.stderr, flush=True)
     return out
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| server | stream | MiB | MiB/s (whole, to close) | last stage | MiB/s of the last "
-             "stage (to close) | whole vs 8 MiB stage | peak RSS per stage (MiB) | VmHWM (MiB) "
-             "| big parts proven by |", "|---|---|--:|--:|--:|--:|--:|---|--:|---|"]
-    base: dict[str, float] = {}
+    lines = ["| server | largest part | stream | MiB | MiB/s (whole, to close) | MiB/s of the "
+             "last stage (to close) | whole vs 8 MiB stage | peak RSS per stage (MiB) | VmHWM "
+             "(MiB) | CPU-s/GiB, mount | CPU-s/GiB, server | big parts proven by |",
+             "|---|--:|---|--:|--:|--:|--:|---|--:|--:|--:|---|"]
+    base: dict[tuple[str, int], float] = {}
     for r in results:
         if r.stream == "8 MiB stage":
-            base[r.server] = r.rate
-        ratio = r.rate / base[r.server] if r.server in base else float("nan")
+            base[r.server, r.top] = r.rate
+        ratio = r.rate / base[r.server, r.top] if (r.server, r.top) in base else float("nan")
         peaks = ", ".join(f"{r.peak_by_stage[s] / MiB:.0f}" for s in sorted(r.peak_by_stage))
-        lines.append(f"| {r.server} | {r.stream} | {r.mib} | {r.rate:.0f} | "
-                     f"{r.last_part_mib} MiB | {r.last_rate:.0f} | {ratio:.2f} | {peaks} | "
-                     f"{r.hwm / MiB:.0f} | {r.proof} |")
+        lines.append(f"| {r.server} | {r.top} MiB | {r.stream} | {r.mib} | {r.rate:.0f} | "
+                     f"{r.last_rate:.0f} | {ratio:.2f} | {peaks} | {r.hwm / MiB:.0f} | "
+                     f"{r.per_gib(r.mount_cpu):.2f} | {r.per_gib(r.server_cpu):.2f} | "
+                     f"{r.proof} |")
     return "\n".join(lines)
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def write_section(out: Path, text: str) -> None:
+    old = out.read_text()
+    if BEGIN not in old or END not in old:
+        raise SystemExit(f"{out}: no {BEGIN} ... {END} block to replace")
+    head, rest = old.split(BEGIN, 1)
+    out.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--top", type=int, default=512, help="largest part, MiB (512; 4096)")
+    p.add_argument("--tops", default="512,4096",
+                   help="largest parts to reach, MiB, comma-separated (default 512,4096)")
     p.add_argument("--servers", default="seaweed,moto")
+    p.add_argument("--out", type=Path, help="markdown file whose bigdisk block is replaced")
     ns = p.parse_args()
     results: list[Result] = []
-    for name in ns.servers.split(","):
-        server: Server = SeaweedServer() if name == "seaweed" else MotoServer()
-        server.start()
-        try:
-            results += run(server, ns.top)
-        finally:
-            server.stop()
-        print(table(results), flush=True)
+    t0, load0 = time.monotonic(), loadavg()
+    for top in (int(t) for t in ns.tops.split(",")):
+        for kind in ns.servers.split(","):
+            if kind == "moto" and top > 1024:
+                print(f"  moto skipped for {top} MiB parts (it keeps objects in memory)",
+                      file=sys.stderr)
+                continue
+            results += run(kind, top)
+            print(table(results), flush=True)
+    minutes = (time.monotonic() - t0) / 60
+    text = (f"Measured {datetime.date.today().isoformat()} by `python bench/bigdisk.py "
+            f"--tops {ns.tops} --servers {ns.servers}` in {minutes:.0f} min (load average "
+            f"{load0} at the start, {loadavg()} at the end; one run per stream, each on a "
+            f"fresh server).\n\n{table(results)}")
+    if ns.out:
+        write_section(ns.out, text)
+        print(f"wrote {ns.out}", file=sys.stderr)
     return 0
 
 

@@ -7,7 +7,7 @@ mount, then closed), `chmod 600` through a fresh mount, timed three ways: the sy
 itself, until the new mode is in the bucket (HEAD with boto3, polled every 10 ms), and the
 server's CPU time over it. For comparison, the cases that cost no copy: `cp -a` of a
 single-part file (times ride on the PutObject) against plain `cp`.
-Usage: python -m bench.meta_cost [--sizes-mib 0.004,64,1024] [--runs 3]
+Usage: python -m bench.meta_cost [--sizes-kib 4,65536,1048576] [--runs 3]
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def cp_time(mnt: Path, src: Path, name: str, *flags: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes-mib", default="0.004,64,1024")
+    ap.add_argument("--sizes-kib", default="4,65536,1048576")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    sizes = [max(1, int(float(s) * MiB)) for s in args.sizes_mib.split(",")]
+    sizes = [int(s) * 1024 for s in args.sizes_kib.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="s3mount-metacost-"))
     shm = Path(tempfile.mkdtemp(prefix="s3mount-metacost-", dir="/dev/shm"))
     server = SeaweedServer().start()
@@ -96,7 +96,7 @@ def main() -> None:
                 calls.append(c * 1000)
                 stored.append(s)
                 cpus.append(cpu)
-            label = f"{size} B" if size < MiB else f"{size // MiB} MiB"
+            label = f"{size // 1024} KiB" if size < MiB else f"{size // MiB} MiB"
             print(f"| {label} | {statistics.median(calls):.1f} | "
                   f"{statistics.median(stored):.2f} | {statistics.median(cpus):.2f} | "
                   f"{', '.join(f'{x:.2f}' for x in stored)} |", flush=True)

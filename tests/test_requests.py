@@ -8,7 +8,6 @@ import errno
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -187,16 +186,13 @@ def test_open_on_a_fresh_mount_costs_two_round_trips(mount_factory: Callable[...
     proxy.counts.clear()
     proxy.spans.clear()
     proxy.latency = ROUND_TRIP  # each request takes this long: overlapping ones count once
-    started = time.monotonic()
     with open(m.path / "d" / "f.bin", "rb") as f:
         assert f.read(1) == body[:1]
-        took = time.monotonic() - started
         assert f.read() == body[1:]
     assert len(in_series(proxy.spans)) == 2, list(proxy.spans)
     head, get_ = (next(s for s in proxy.spans if s.kind == kind and s.path.endswith("/d/f.bin"))
                   for kind in ("HEAD", "GET"))
     assert get_.arrived < head.answered and head.arrived < get_.answered  # at the same time
-    assert took < 3 * ROUND_TRIP, took
     counts = {k: v for k, v in proxy.counts.items() if k != "requests"}
     assert counts == {"HEAD": 2, "LIST": 1, "GET": 1}, list(proxy.log)
     proxy.latency = 0

@@ -68,7 +68,8 @@ class Listing:
     # The entries S3 listed, until this mount changes the name (create, unlink, rename).
     entries: dict[str, Entry] = field(default_factory=dict)
     # Whether a lookup answered from it may start the file's first read (namespace.py,
-    # `first_read`): not once one went unused, nor after a readdir of the directory.
+    # `_start_first_read`): not while one started is not taken by an open, nor after a
+    # readdir of the directory.
     first_reads: bool = True
 
 

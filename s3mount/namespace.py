@@ -179,9 +179,10 @@ class Namespace:
         """A file looked up by its path, found in its directory's listing, with no metadata
         known: most likely `open("d/f")`, whose read would otherwise wait for the GET after
         this lookup's HEAD. Its first GET starts now, alongside the HEAD (reader.py,
-        `Readers.start_first_read`). One lookup not followed by an open stops that in the
-        directory until an open uses one (a `stat` or `rsync` of each name), and a readdir
-        stops it for the listing (`ls -l`, `find`: their lookups are for attributes)."""
+        `Readers.start_first_read`). Once one is started, no other is in the directory until
+        an open takes it (`cat d/f; cat d/g` go on; a `stat` or `rsync` of each name wastes
+        one GET per listing), and a readdir stops them for the listing (`ls -l`, `find`:
+        their lookups are for attributes)."""
         listing = self.inodes.listings.get(path.rpartition("/")[0])
         if listing is None or not listing.first_reads or self.first_read is None:
             return

@@ -77,6 +77,8 @@ class S3Fs(pyfuse3.Operations):
         self.read_budget = ReadBudget(config.read_memory)  # shared by all readers
         self.readers = Readers(store, self.read_budget, nursery, config.read_ahead_max)
         self.handles = HandleTable()
+        self.ns.first_read = lambda path, entry: self.readers.start_first_read(
+            self.ns.keys.file_key(path), entry.etag, entry.size)
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         """The node's attributes: what its object's metadata says (s3fs's and rclone's

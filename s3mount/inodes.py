@@ -67,6 +67,10 @@ class Listing:
     expires: float
     # The entries S3 listed, until this mount changes the name (create, unlink, rename).
     entries: dict[str, Entry] = field(default_factory=dict)
+    # Whether a lookup answered from it may start the file's first read (namespace.py,
+    # `_start_first_read`): not while one started is not taken by an open, nor after a
+    # readdir of the directory.
+    first_reads: bool = True
 
 
 class InodeTable:

@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -30,7 +30,7 @@ from . import renamer
 from .config import S3_MAX_PUT, Config
 from .errors import FsError
 from .etag import EMPTY_MD5
-from .inodes import ROOT_INODE, InodeTable, Node
+from .inodes import LISTINGS_MAX, ROOT_INODE, InodeTable, Listing, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
 from .meta import (
     DEFAULT_CONTENT_TYPE,
@@ -88,6 +88,9 @@ class Namespace:
         self.inodes = InodeTable(config.metadata_ttl, self.view.mount_time)
         self.renamer = Renamer(store, config.rename_max_keys, self.keys)
         self.writing: dict[int, Writing] = {}  # by inode
+        # Starts fetching a file's first read (path, entry) -> started; set by fs.py
+        self.first_read: Callable[[str, Entry], bool] | None = None
+        self.first_reads: dict[str, Listing] = {}  # by path: started, no open yet
 
     # -- names ------------------------------------------------------------------------------
 
@@ -160,6 +163,7 @@ class Namespace:
                 if known is not None and known.meta is not None and known.etag == entry.etag:
                     entry = replace(entry, meta=known.meta)  # the same object, seen before
                 else:
+                    self._start_first_read(path, entry)
                     entry = await self._head_file(path)  # its times, mode, link-ness
             entry = entry or await self._stat(path)
             if entry is None:
@@ -170,6 +174,23 @@ class Namespace:
                 return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
             raise not_found(path)
         return self.inodes.upsert(path, entry)
+
+    def _start_first_read(self, path: str, entry: Entry) -> None:
+        """A file looked up by its path, found in its directory's listing, with no metadata
+        known: most likely `open("d/f")`, whose read would otherwise wait for the GET after
+        this lookup's HEAD. Its first GET starts now, alongside the HEAD (reader.py,
+        `Readers.start_first_read`). Once one is started, no other is in the directory until
+        an open takes it (`cat d/f; cat d/g` go on; a `stat` or `rsync` of each name wastes
+        one GET per listing), and a readdir stops them for the listing (`ls -l`, `find`:
+        their lookups are for attributes)."""
+        listing = self.inodes.listings.get(path.rpartition("/")[0])
+        if listing is None or not listing.first_reads or self.first_read is None:
+            return
+        if self.first_read(path, entry):
+            listing.first_reads = False
+            self.first_reads[path] = listing
+            while len(self.first_reads) > LISTINGS_MAX:
+                del self.first_reads[next(iter(self.first_reads))]
 
     async def _head_file(self, path: str) -> Entry | None:
         """The file at `path` with its metadata (one HEAD), or None if there is none."""
@@ -266,6 +287,9 @@ class Namespace:
         LIST carries no metadata: a file's times, mode and link-ness come from a HEAD when
         it is looked up (`resolve`), not for every entry listed (`ls` of 100,000 names)."""
         writing = self._being_written_in(node.path)
+        listing = self.inodes.listings.get(node.path)
+        if listing is not None:
+            listing.first_reads = False
         async for name, entry in self.view.children(node.path):
             if name in writing and entry.kind == "file":
                 continue
@@ -469,6 +493,9 @@ class Namespace:
                           "closed", errno.EPERM)
         node = await self.refresh(node)
         self.inodes.opened(node)
+        listing = self.first_reads.pop(node.path, None)
+        if listing is not None:  # its first read was started, and is used: go on so
+            listing.first_reads = True
         return node
 
     async def open_write(self, ino: int, flags: int) -> tuple[Node, Upload | None]:

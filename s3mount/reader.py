@@ -8,6 +8,11 @@ from the shared `ReadBudget` (buffers.py), which bounds prefetching across all r
 read is waiting for are always fetched, budget or not. A chunk's buffer goes back only once its
 GET has ended, so a discarded chunk still being fetched counts against the budget.
 
+First reads: a file looked up by its path on a fresh mount (`open("d/f")`) gets its first GET
+started with the HEAD that learns its metadata (`Readers.start_first_read`), so that the read
+after the open waits for no further round trip; an open within `SPARE_TTL` takes that reader
+over, and one nobody opens is closed.
+
 Verified reads: when the object's ETag is an MD5 (one PutObject: the MD5 of its bytes; a
 multipart upload: the MD5 of its parts' MD5s, with the part sizes asked of S3 by HEAD
 partNumber=N) and the reads go from offset 0 to the end in order, the bytes served are hashed
@@ -43,6 +48,10 @@ MAX_CHUNK = 8 * MiB
 # Reads served but not yet hashed, per reader, before reads wait: their bytes stay alive until
 # hashed (at most this many read replies, 1 MiB each, beyond --read-memory).
 VERIFY_QUEUE = 4
+# The kernel's first read request of a file (mount.py raises its read-ahead to 1 MiB): what a
+# first read started before the open fetches.
+FIRST_READ = 1 * MiB
+SPARE_TTL = 1.0  # seconds a first read started before an open waits for that open
 
 
 def _hash_segments(segments: list[tuple[Hasher, memoryview]]) -> None:
@@ -192,7 +201,6 @@ class Reader:
         self.last_end = -1
         self.lock = trio.Lock()
         budget.readers += 1
-        budget.counts["objects_opened"] += 1
         self.closed = False
         # A pass is proven by the ETag when it is made of MD5s, else by an additional
         # checksum if S3 keeps one (asked when a pass starts).
@@ -331,6 +339,21 @@ class Reader:
             self.budget.readers -= 1
             self.budget.trim_if_idle()
 
+    def fetch_first(self, end: int) -> bool:
+        """Start fetching bytes [0, end) as one GET, if nothing was fetched yet and the
+        budget has room (a read is expected soon); False if not started."""
+        end = min(end, self.size)
+        if self.chunks or end <= 0 or self.closed:
+            return False
+        mem = self.budget.take(end)
+        if mem is None:
+            return False
+        chunk = Chunk(0, end, mem=mem)
+        self.chunks.append(chunk)
+        self.next_start = end
+        self.nursery.start_soon(self._fetch, chunk)
+        return True
+
     def _covers(self, off: int) -> bool:
         return bool(self.chunks) and self.chunks[0].start <= off < self.next_start
 
@@ -416,5 +439,40 @@ class Readers:
         self.store, self.budget, self.nursery = store, budget, nursery
         self.max_window = max_window
 
+        # first reads started before an open, by (key, ETag): see `start_first_read`
+        self.spares: dict[tuple[str, str], Reader] = {}
+
     def open(self, key: str, etag: str, size: int) -> Reader:
+        """A reader of the object; the one whose first read was started for it, if any."""
+        self.budget.counts["objects_opened"] += 1
+        spare = self.spares.pop((key, etag), None)
+        if spare is not None and spare.size == size:
+            return spare
+        if spare is not None:
+            spare.close()
+        return self._new(key, etag, size)
+
+    def _new(self, key: str, etag: str, size: int) -> Reader:
         return Reader(self.store, key, etag, size, self.budget, self.nursery, self.max_window)
+
+    def start_first_read(self, key: str, etag: str, size: int) -> bool:
+        """Start fetching what the first read of the object will ask (its first
+        FIRST_READ bytes, pinned to `etag`) for an open expected within SPARE_TTL; closed
+        (its GET cancelled, its buffer back) if none comes. False if not started (nothing to
+        read, one already started, or no room in the read budget)."""
+        if size <= 0 or (key, etag) in self.spares:
+            return False
+        reader = self._new(key, etag, size)
+        if not reader.fetch_first(FIRST_READ):
+            reader.close()
+            return False
+        self.spares[(key, etag)] = reader
+        self.nursery.start_soon(self._expire, key, etag, reader)
+        return True
+
+    async def _expire(self, key: str, etag: str, reader: Reader) -> None:
+        await trio.sleep(SPARE_TTL)
+        if self.spares.get((key, etag)) is reader:
+            del self.spares[(key, etag)]
+            log.debug("%s: the first read started at its lookup was not used (no open)", key)
+            reader.close()

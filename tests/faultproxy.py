@@ -24,13 +24,15 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `head_extra_bytes`: HEAD answers report this many bytes more than the object has.
 
 Counters of what was done are in `counts`, also one per kind of request (`request_kind`); the
-latest requests (method, path) are in `log`. The proxy runs in daemon threads and stops with
-`stop()` (or at the end of a `with` block).
+latest requests (method, path) are in `log`, and in `spans` with when each arrived and when
+its answer was sent (`in_series` counts the round trips they took one after another).
+The proxy runs in daemon threads and stops with `stop()` (or at the end of a `with` block).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import http.client
 import http.server
@@ -39,6 +41,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +51,31 @@ _XML_ETAG = re.compile(rb"<ETag>(&quot;|&#34;|\")?([0-9a-fA-F-]+)(&quot;|&#34;|\
 _XML_CHECKSUM = re.compile(rb"<Checksum[A-Z0-9]+>[^<]*</Checksum[A-Z0-9]+>")
 SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate (injected).</Message></Error>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One request through the proxy: its kind and path, when it arrived and was answered."""
+
+    kind: str
+    path: str
+    arrived: float
+    answered: float
+
+
+def in_series(spans: Iterable[Span]) -> list[Span]:
+    """The longest chain of requests each sent after the one before it was answered: the
+    round trips a client waited for one after another (requests that overlap are one round
+    trip), first to last."""
+    ordered = sorted(spans, key=lambda s: s.arrived)
+    chain: dict[int, list[Span]] = {}
+    best: list[Span] = []
+    for i, s in enumerate(ordered):
+        before = [chain[j] for j in range(i) if ordered[j].answered <= s.arrived]
+        chain[i] = max(before, key=len, default=[]) + [s]
+        if len(chain[i]) > len(best):
+            best = chain[i]
+    return best
 
 
 def request_kind(method: str, path: str) -> str:
@@ -115,6 +143,8 @@ class FaultProxy:
         self.fakes: dict[str, str] = {}  # fake ETag -> the server's real one
         self.counts: collections.Counter[str] = collections.Counter()
         self.log: collections.deque[tuple[str, str]] = collections.deque(maxlen=100_000)
+        # (kind, path, arrived, answered) by time.monotonic(), answered 0.0 if never
+        self.spans: collections.deque[Span] = collections.deque(maxlen=100_000)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -175,6 +205,15 @@ class FaultProxy:
     # -- one request --------------------------------------------------------------------------
 
     def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        arrived = time.monotonic()
+        try:
+            self._handle(h)
+        finally:
+            with self.lock:
+                self.spans.append(Span(request_kind(h.command, h.path), h.path, arrived,
+                                       time.monotonic()))
+
+    def _handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length", 0) or 0)
         body = h.rfile.read(length) if length else b""
         self._count("requests")

@@ -252,3 +252,44 @@ async def test_discarded_chunks_count_until_their_get_ends() -> None:
         assert budget.used == 128 * 1024  # only the chunk the last read came from
         reader.close()
     assert budget.used == 0 and budget.readers == 0 and budget.kept.bytes == 0
+
+
+async def test_a_first_read_started_before_an_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first read started at a lookup (reader.py, `Readers.start_first_read`) is what the
+    open's reader serves from, with no second GET; one that no open takes within SPARE_TTL is
+    closed and its buffer given back."""
+    import os as _os
+
+    from s3mount import reader as reader_mod
+    from s3mount.buffers import ReadBudget
+
+    monkeypatch.setattr(reader_mod, "SPARE_TTL", 0.2)
+    data = _os.urandom(3 * MiB)
+    store = SlowStore(data)
+    gets: list[int] = []
+    inner = store.get_range
+
+    async def counted(key: str, start: int, into: memoryview, etag: str) -> None:
+        gets.append(start)
+        await inner(key, start, into, etag)
+
+    store.get_range = counted  # type: ignore[method-assign]
+    budget = ReadBudget(16 * MiB)
+    budget.verify = False
+    async with trio.open_nursery() as nursery:
+        readers = reader_mod.Readers(store, budget, nursery, 32 * MiB)  # type: ignore[arg-type]
+        assert readers.start_first_read("k", "e", len(data))
+        assert not readers.start_first_read("k", "e", len(data))  # one at a time
+        assert not readers.start_first_read("empty", "e", 0)
+        await trio.sleep(0.001)
+        assert gets == [0] and budget.used >= reader_mod.FIRST_READ
+        r = readers.open("k", "e", len(data))
+        assert await r.read(0, MiB) == data[:MiB]
+        assert gets == [0]  # the read waited for the GET already under way
+        r.close()
+        assert readers.start_first_read("k", "e", len(data))
+        other = readers.open("k", "another ETag", len(data))  # replaced since: not that one
+        assert await other.read(0, 4096) == data[:4096]
+        other.close()
+        await trio.sleep(0.5)
+        assert not readers.spares and budget.used == 0 and budget.readers == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,13 +22,14 @@ from s3mount.errors import StoreError
 from s3mount.fs import S3Fs
 from s3mount.store import S3Store
 from tests.conftest import Mount, get, keys, put
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import FaultProxy, in_series
 from tests.faults import FaultyStore
 from tests.seaweed import SeaweedServer
 from tests.test_writer import uploads, write_all
 
 CTX = pyfuse3.RequestContext()
 ROOT = pyfuse3.ROOT_INODE
+ROUND_TRIP = 0.1  # seconds the proxy holds each request, to tell round trips apart
 
 
 @pytest.fixture
@@ -166,26 +168,66 @@ def test_fresh_mount_has_warmed_up_its_client(mount_factory: Callable[..., Mount
     assert "warming up" not in m.log()
 
 
-def test_open_on_a_fresh_mount_costs_three_round_trips(mount_factory: Callable[..., Mount],
-                                                        proxy: FaultProxy, s3: Any,
-                                                        bucket: str) -> None:
+def test_open_on_a_fresh_mount_costs_two_round_trips(mount_factory: Callable[..., Mount],
+                                                      proxy: FaultProxy, s3: Any,
+                                                      bucket: str) -> None:
     """Opening d/f and reading a byte on a fresh mount: the lookup of d (a HEAD and a LIST of
     up to 100 names, at once) brings d's listing, which answers whether f exists; f's HEAD
-    brings its metadata (times, mode, link-ness), then the GET. Three round trips (it was
-    two before objects' metadata was read; four without the listing). A name changed by
+    brings its metadata (times, mode, owner, link-ness) and, sent with it, the GET of what the
+    first read asks: two round trips one after the other (three when the GET waited for the
+    HEAD; four without the listing). The attributes are the metadata's. A name changed by
     this mount is not answered from the listing."""
-    put(s3, bucket, "d/f.bin", b"first byte")
+    body = os.urandom(300 * 1024)
+    s3.put_object(Bucket=bucket, Key="d/f.bin", Body=body, Metadata={
+        "mode": str(stat.S_IFREG | 0o640), "uid": "1234", "gid": "2345",
+        "mtime": "1600000000.5", "atime": "1600000001", "ctime": "1600000002"})
     put(s3, bucket, "d/g.bin", b"another")
     m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
     proxy.counts.clear()
-    proxy.log.clear()
+    proxy.spans.clear()
+    proxy.latency = ROUND_TRIP  # each request takes this long: overlapping ones count once
     with open(m.path / "d" / "f.bin", "rb") as f:
-        assert f.read(1) == b"f"
+        assert f.read(1) == body[:1]
+        assert f.read() == body[1:]
+    assert len(in_series(proxy.spans)) == 2, list(proxy.spans)
+    head, get_ = (next(s for s in proxy.spans if s.kind == kind and s.path.endswith("/d/f.bin"))
+                  for kind in ("HEAD", "GET"))
+    assert get_.arrived < head.answered and head.arrived < get_.answered  # at the same time
     counts = {k: v for k, v in proxy.counts.items() if k != "requests"}
     assert counts == {"HEAD": 2, "LIST": 1, "GET": 1}, list(proxy.log)
+    proxy.latency = 0
+    st = os.stat(m.path / "d" / "f.bin")
+    assert (st.st_mode, st.st_uid, st.st_gid) == (stat.S_IFREG | 0o640, 1234, 2345)
+    assert (st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns) == (
+        1_600_000_000_500_000_000, 1_600_000_001_000_000_000, 1_600_000_002_000_000_000)
+    assert proxy.counts["requests"] == 4  # all known from the HEAD
     assert os.stat(m.path / "d" / "g.bin").st_size == 7  # from the listing too
     (m.path / "d" / "g.bin").write_bytes(b"replaced here")
     os.unlink(m.path / "d" / "f.bin")
     assert os.stat(m.path / "d" / "g.bin").st_size == 13
     assert not (m.path / "d" / "f.bin").exists()
     assert sorted(os.listdir(m.path / "d")) == ["g.bin"]
+
+
+def test_first_reads_are_not_started_for_lookups_that_want_attributes(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """The GET sent with a file's HEAD at its lookup is wasted when no open follows: `ls -l`
+    (a readdir, then a lookup of each name) sends none, and lookups by path (`stat`, `rsync`)
+    send one per listing: none more until an open takes it. `ls -l` costs a HEAD per file,
+    as before."""
+    for name in "abcde":
+        put(s3, bucket, f"d/{name}", name.encode() * 1000)
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
+    proxy.counts.clear()
+    out = subprocess.run(["ls", "-l", str(m.path / "d")], check=True, capture_output=True,
+                         text=True).stdout
+    assert out.count("1000") == 5
+    assert proxy.counts["GET"] == 0 and proxy.counts["HEAD"] == 1 + 5, dict(proxy.counts)
+
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
+    proxy.counts.clear()
+    for name in "abc":
+        assert os.stat(m.path / "d" / name).st_size == 1000
+    assert proxy.counts["GET"] == 1, dict(proxy.counts)  # the first stat's, then no more
+    assert (m.path / "d" / "d").read_bytes() == b"d" * 1000  # its GET after its HEAD
+    assert proxy.counts["GET"] == 2 and proxy.counts["HEAD"] == 1 + 4, dict(proxy.counts)

@@ -60,6 +60,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def disk_used(server: Server) -> int:
+    if not isinstance(server, SeaweedServer):
+        return 0
+    return sum(p.stat().st_blocks * 512 for p in server.data_dir.rglob("*") if p.is_file())
+
+
 def server_pid(server: Server) -> int:
     if isinstance(server, SeaweedServer):
         return server.pid
@@ -81,6 +87,7 @@ class Result:
     proof: str = ""
     mount_cpu: float = 0.0
     server_cpu: float = 0.0
+    disk: int = 0  # bytes the server's data directory holds at the end (SeaweedFS)
 
     @property
     def rate(self) -> float:
@@ -162,12 +169,12 @@ def stream(server: Server, name: str, top: int, bucket: str, mib: int,
              "read-back" if "reading its range of the completed object back" in text else "-")
     kind = "SeaweedFS" if isinstance(server, SeaweedServer) else "moto"
     return Result(kind, name, top, mib, t1 - t0, mib - last_start, t1 - t_last, peaks, hwm,
-                  proof, mount_cpu, server_cpu)
+                  proof, mount_cpu, server_cpu, disk_used(server))
 
 
-def run(kind: str, top_mib: int) -> list[Result]:
+def run(kind: str, top_mib: int, growth: int) -> list[Result]:
     """The streams of one server kind up to parts of `top_mib`, each on a fresh server."""
-    big = PartSchedule(8 * MiB, 2)
+    big = PartSchedule(8 * MiB, growth)
     sizes: list[int] = []
     n = 1
     while sizes.count(top_mib * MiB) < 2:
@@ -176,10 +183,10 @@ def run(kind: str, top_mib: int) -> list[Result]:
     mib = sum(sizes) // MiB
     out: list[Result] = []
     streams = [("8 MiB stage", PartSchedule(), []),
-               ("big parts", big, ["--part-growth-every", "2"])]
-    if kind == "seaweed":
+               ("big parts", big, ["--part-growth-every", str(growth)])]
+    if kind == "seaweed" and top_mib <= 1024:  # (the 4 GiB case: disk for one stream only)
         streams.append(("big parts, crc32c", big,
-                        ["--part-growth-every", "2", "--checksum", "crc32c"]))
+                        ["--part-growth-every", str(growth), "--checksum", "crc32c"]))
     for name, schedule, args in streams:
         server: Server = SeaweedServer() if kind == "seaweed" else MotoServer()
         server.start()
@@ -197,8 +204,8 @@ def run(kind: str, top_mib: int) -> list[Result]:
 def table(results: list[Result]) -> str:
     lines = ["| server | largest part | stream | MiB | MiB/s (whole, to close) | MiB/s of the "
              "last stage (to close) | whole vs 8 MiB stage | peak RSS per stage (MiB) | VmHWM "
-             "(MiB) | CPU-s/GiB, mount | CPU-s/GiB, server | big parts proven by |",
-             "|---|--:|---|--:|--:|--:|--:|---|--:|--:|--:|---|"]
+             "(MiB) | CPU-s/GiB, mount | CPU-s/GiB, server | server disk (MiB) | big parts "
+             "proven by |", "|---|--:|---|--:|--:|--:|--:|---|--:|--:|--:|--:|---|"]
     base: dict[tuple[str, int], float] = {}
     for r in results:
         if r.stream == "8 MiB stage":
@@ -208,7 +215,7 @@ def table(results: list[Result]) -> str:
         lines.append(f"| {r.server} | {r.top} MiB | {r.stream} | {r.mib} | {r.rate:.0f} | "
                      f"{r.last_rate:.0f} | {ratio:.2f} | {peaks} | {r.hwm / MiB:.0f} | "
                      f"{r.per_gib(r.mount_cpu):.2f} | {r.per_gib(r.server_cpu):.2f} | "
-                     f"{r.proof} |")
+                     f"{r.disk / MiB:.0f} | {r.proof} |")
     return "\n".join(lines)
 
 
@@ -229,6 +236,9 @@ def main() -> int:
     p.add_argument("--tops", default="512,4096",
                    help="largest parts to reach, MiB, comma-separated (default 512,4096)")
     p.add_argument("--servers", default="seaweed,moto")
+    p.add_argument("--growth-4g", type=int, default=1, help="--part-growth-every for tops "
+                   "above 1024 MiB (default 1: 8, 16, ... 4096, 4096 MiB, a 12 GiB stream; "
+                   "SeaweedFS keeps the deleted temporary objects on disk)")
     p.add_argument("--out", type=Path, help="markdown file whose bigdisk block is replaced")
     ns = p.parse_args()
     results: list[Result] = []
@@ -239,7 +249,7 @@ def main() -> int:
                 print(f"  moto skipped for {top} MiB parts (it keeps objects in memory)",
                       file=sys.stderr)
                 continue
-            results += run(kind, top)
+            results += run(kind, top, ns.growth_4g if top > 1024 else 2)
             print(table(results), flush=True)
     minutes = (time.monotonic() - t0) / 60
     text = (f"Measured {datetime.date.today().isoformat()} by `python bench/bigdisk.py "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,14 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from s3mount.config import MiB  # noqa: E402
+from s3mount.config import GiB, MiB  # noqa: E402
 from s3mount.schedule import PartSchedule  # noqa: E402
 from tests.motoserver import MotoServer  # noqa: E402
 from tests.seaweed import SeaweedServer  # noqa: E402
 
 Server = SeaweedServer | MotoServer
-BEGIN = "<!-- bigdisk: BEGIN (written by bench/bigdisk.py --out) -->"
-END = "<!-- bigdisk: END -->"
+BEGIN = "<!-- bigdisk {top}: BEGIN (written by bench/bigdisk.py --out) -->"
+END = "<!-- bigdisk {top}: END -->"
 
 
 def rss(pid: int, field_name: str = "VmRSS") -> int:
@@ -188,6 +189,10 @@ def run(kind: str, top_mib: int, growth: int) -> list[Result]:
         streams.append(("big parts, crc32c", big,
                         ["--part-growth-every", str(growth), "--checksum", "crc32c"]))
     for name, schedule, args in streams:
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        if kind == "seaweed" and free < 3 * mib * MiB:
+            raise SystemExit(f"{name}: {free / GiB:.0f} GiB free in {tempfile.gettempdir()}, "
+                             f"need {3 * mib / 1024:.0f} GiB for a {mib} MiB stream on SeaweedFS")
         server: Server = SeaweedServer() if kind == "seaweed" else MotoServer()
         server.start()
         try:
@@ -223,12 +228,15 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
-def write_section(out: Path, text: str) -> None:
+def write_section(out: Path, top: int, text: str) -> None:
+    """Replace the block of largest part `top` in `out` (each largest part has its own, so
+    one can be measured again alone)."""
     old = out.read_text()
-    if BEGIN not in old or END not in old:
-        raise SystemExit(f"{out}: no {BEGIN} ... {END} block to replace")
-    head, rest = old.split(BEGIN, 1)
-    out.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+    begin, end = BEGIN.format(top=top), END.format(top=top)
+    if begin not in old or end not in old:
+        raise SystemExit(f"{out}: no {begin} ... {end} block to replace")
+    head, rest = old.split(begin, 1)
+    out.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 def main() -> int:
@@ -242,23 +250,25 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="markdown file whose bigdisk block is replaced")
     ns = p.parse_args()
     results: list[Result] = []
-    t0, load0 = time.monotonic(), loadavg()
     for top in (int(t) for t in ns.tops.split(",")):
+        t0, load0 = time.monotonic(), loadavg()
+        these: list[Result] = []
         for kind in ns.servers.split(","):
             if kind == "moto" and top > 1024:
                 print(f"  moto skipped for {top} MiB parts (it keeps objects in memory)",
                       file=sys.stderr)
                 continue
-            results += run(kind, top, ns.growth_4g if top > 1024 else 2)
-            print(table(results), flush=True)
-    minutes = (time.monotonic() - t0) / 60
-    text = (f"Measured {datetime.date.today().isoformat()} by `python bench/bigdisk.py "
-            f"--tops {ns.tops} --servers {ns.servers}` in {minutes:.0f} min (load average "
-            f"{load0} at the start, {loadavg()} at the end; one run per stream, each on a "
-            f"fresh server).\n\n{table(results)}")
-    if ns.out:
-        write_section(ns.out, text)
-        print(f"wrote {ns.out}", file=sys.stderr)
+            these += run(kind, top, ns.growth_4g if top > 1024 else 2)
+            print(table(results + these), flush=True)
+        results += these
+        minutes = (time.monotonic() - t0) / 60
+        text = (f"Measured {datetime.date.today().isoformat()} by `python bench/bigdisk.py "
+                f"--tops {top} --servers {ns.servers}` in {minutes:.0f} min (load average "
+                f"{load0} at the start, {loadavg()} at the end; one run per stream, each on a "
+                f"fresh server).\n\n{table(these)}")
+        if ns.out:
+            write_section(ns.out, top, text)
+            print(f"wrote the {top} MiB block of {ns.out}", file=sys.stderr)
     return 0
 
 

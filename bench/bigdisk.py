@@ -178,7 +178,7 @@ def run(kind: str, top_mib: int, growth: int) -> list[Result]:
     big = PartSchedule(8 * MiB, growth)
     sizes: list[int] = []
     n = 1
-    while sizes.count(top_mib * MiB) < 2:
+    while sizes.count(top_mib * MiB) < growth:  # one stage of the largest parts
         sizes.append(big.size_of(n))
         n += 1
     mib = sum(sizes) // MiB
@@ -245,7 +245,7 @@ def main() -> int:
                    help="largest parts to reach, MiB, comma-separated (default 512,4096)")
     p.add_argument("--servers", default="seaweed,moto")
     p.add_argument("--growth-4g", type=int, default=1, help="--part-growth-every for tops "
-                   "above 1024 MiB (default 1: 8, 16, ... 4096, 4096 MiB, a 12 GiB stream; "
+                   "above 1024 MiB (default 1: 8, 16, ... 2048, 4096 MiB, an 8 GiB stream; "
                    "SeaweedFS keeps the deleted temporary objects on disk)")
     p.add_argument("--out", type=Path, help="markdown file whose bigdisk block is replaced")
     ns = p.parse_args()

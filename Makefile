@@ -119,7 +119,7 @@ bench: deps bench-deps venv
 	  $(BIN)/python bench/bigdisk.py --out docs/benchmarks.md $(BIGDISK_ARGS); fi
 
 # The tail of a big disk alone (bench/bigdisk.py): parts up to 512 MiB (SeaweedFS and moto) and
-# 4 GiB (SeaweedFS: a 16 GiB stream) vs the 8 MiB stage; BIGDISK_ARGS="--tops 512" for the short
+# 4 GiB (SeaweedFS: an 8 GiB stream) vs the 8 MiB stage; BIGDISK_ARGS="--tops 512" for the short
 # one; ~25 min in all.
 bench-bigdisk: deps venv
 	$(BIN)/python bench/bigdisk.py --out docs/benchmarks.md $(BIGDISK_ARGS)

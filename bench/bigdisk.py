@@ -6,9 +6,10 @@ For each server, two streams of the same length are written through a fresh s3mo
 `--max-memory 24M` (1 MiB writes, as `dd bs=1M`; bytes vary per MiB):
 - "8 MiB stage": the default schedule, so every part is 8 MiB and nothing is copied;
 - "big parts": `--part-growth-every 2`, so parts are 8, 8, 16, 16, 32, ... MiB up to two parts
-  of `--top` MiB (`--tops 512,4096` by default: a 2 GiB stream, then the 4 GiB case, a 16 GiB
-  stream, on SeaweedFS only: moto keeps objects in memory), each part past the first two
-  assembled by the server (assembler.py);
+  of `--top` MiB (`--tops 512,4096` by default: a 2 GiB stream; then the 4 GiB case on
+  SeaweedFS only, since moto keeps objects in memory: `--part-growth-every 1`, parts of 8, 16,
+  ... 4096 MiB, an 8 GiB stream), each part past the first two assembled by the server
+  (assembler.py);
 - on SeaweedFS also "big parts, crc32c": the same with `--checksum crc32c`, with which
   SeaweedFS answers each copy with the MD5 and CRC32C of the copied bytes (no read-back).
 Each stream is timed from the first write to the return of close() (the object complete and

@@ -572,14 +572,16 @@ class S3Store:
         return normalize_etag(r.get("CopyPartResult", {}).get("ETag", ""))
 
     async def copy_part_checked(self, dst: str, upload_id: str, number: int, src: str,
-                                size: int, etag: str, checksum: Algorithm | None) -> Sent:
-        """UploadPartCopy of the whole of `src` (`size` bytes) as part `number` of `dst`, with
-        the additional checksum the server answers for it when `dst`'s upload declared one."""
+                                size: int, etag: str, checksum: Algorithm | None,
+                                start: int = 0) -> Sent:
+        """UploadPartCopy of `size` bytes of `src` from `start` (the whole of a temporary
+        object, or a part of an object appended to) as part `number` of `dst`, with the
+        additional checksum the server answers for it when `dst`'s upload declared one."""
         r = await self._write_call(f"COPY-PART {number} {src} -> {dst}", lambda: self.client
                                    .upload_part_copy(
             Bucket=self.bucket, Key=dst, UploadId=upload_id, PartNumber=number,
             CopySource={"Bucket": self.bucket, "Key": src}, CopySourceIfMatch=f'"{etag}"',
-            CopySourceRange=f"bytes=0-{size - 1}"))
+            CopySourceRange=f"bytes={start}-{start + size - 1}"))
         result = r.get("CopyPartResult", {})
         got = result.get(checksum.field) if checksum is not None else None
         return Sent(normalize_etag(result.get("ETag", "")), str(got) if got else None)

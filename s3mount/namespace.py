@@ -516,6 +516,10 @@ class Namespace:
                          "upload", key, node.size)
             else:
                 await appender.begin(upload, key, node.size, node.etag)
+        except FsError as exc:  # the handle keeps the failed upload: its writes and its
+            with trio.CancelScope(shield=True):  # close() return the failure
+                await upload.fail(exc)
+            self._done_writing(node, upload)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await upload.abort("appending failed while the old bytes were copied or read "

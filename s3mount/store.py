@@ -587,11 +587,22 @@ class S3Store:
         return Sent(normalize_etag(result.get("ETag", "")), str(got) if got else None)
 
     async def part_size(self, key: str, number: int, etag: str) -> int | None:
-        """Size of part `number` of a multipart object, or None if the server cannot say."""
-        def call() -> dict[str, Any]:
+        """Size of part `number` of a multipart object, or None if the server cannot say.
+        Pinned to `etag`; moto's server compares If-Match with the part's own ETag instead,
+        so a refusal there is asked again unpinned, and taken only if the object still has
+        `etag` afterwards (callers that copy pin their copies too)."""
+        def call(pinned: bool) -> dict[str, Any]:
             return self.client.head_object(  # type: ignore[no-any-return]
-                Bucket=self.bucket, Key=key, PartNumber=number, IfMatch=f'"{etag}"')
-        r = await self._read_call(f"HEAD {key} part {number}", call)
+                Bucket=self.bucket, Key=key, PartNumber=number,
+                **({"IfMatch": f'"{etag}"'} if pinned else {}))
+        what = f"HEAD {key} part {number}"
+        try:
+            r = await self._read_call(what, functools.partial(call, True))
+        except PreconditionFailed:
+            r = await self._read_call(what, functools.partial(call, False))
+            info = await self.head(key)
+            if info is None or info.etag != etag:
+                raise  # (the object did change)
         if "PartsCount" not in r:
             return None
         return int(r["ContentLength"])

@@ -673,6 +673,11 @@ class Upload:
             self.done.set()
             self.mgr.forget(self)
 
+    async def fail(self, exc: FsError) -> None:
+        """Fail the upload with `exc` (not logged here: the caller's answer carries it)."""
+        if self.state not in (UploadState.DONE, UploadState.FAILED):
+            await self._fail(exc)
+
     async def abort(self, reason: str) -> None:
         if self.state in (UploadState.DONE, UploadState.FAILED):
             return

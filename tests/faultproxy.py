@@ -23,7 +23,8 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `flip_gets`: flip one bit in the middle of every GET body;
 - `head_extra_bytes`: HEAD answers report this many bytes more than the object has.
 
-Counters of what was done are in `counts`, also one per kind of request (`request_kind`); the
+Counters of what was done are in `counts`, also one per kind of request (`request_kind`) and
+the bytes of GET bodies answered (`get_bytes`); the
 latest requests (method, path) are in `log`. The proxy runs in daemon threads and stops with
 `stop()` (or at the end of a `with` block).
 """
@@ -168,9 +169,9 @@ class FaultProxy:
             self.truncate_next -= take
             return take
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, n: int = 1) -> None:
         with self.lock:
-            self.counts[what] += 1
+            self.counts[what] += n
 
     # -- one request --------------------------------------------------------------------------
 
@@ -206,6 +207,8 @@ class FaultProxy:
             headers = {k: v for k, v in headers.items()
                        if not k.lower().startswith("x-amz-checksum-")}
             data = _XML_CHECKSUM.sub(b"", data)
+        if request_kind(h.command, h.path) == "GET" and status in (200, 206):
+            self._count("get_bytes", len(data))
         if self.flip_gets and request_kind(h.command, h.path) == "GET" and data and \
                 status in (200, 206):
             self._count("flipped")

@@ -589,8 +589,8 @@ class S3Store:
     async def part_size(self, key: str, number: int, etag: str) -> int | None:
         """Size of part `number` of a multipart object, or None if the server cannot say.
         Pinned to `etag`; moto's server compares If-Match with the part's own ETag instead,
-        so a refusal there is asked again unpinned, and taken only if the object still has
-        `etag` afterwards (callers that copy pin their copies too)."""
+        so a refusal there is asked again unpinned if the object still has `etag` (a HEAD);
+        callers that copy pin their copies too."""
         def call(pinned: bool) -> dict[str, Any]:
             return self.client.head_object(  # type: ignore[no-any-return]
                 Bucket=self.bucket, Key=key, PartNumber=number,
@@ -599,10 +599,10 @@ class S3Store:
         try:
             r = await self._read_call(what, functools.partial(call, True))
         except PreconditionFailed:
-            r = await self._read_call(what, functools.partial(call, False))
             info = await self.head(key)
             if info is None or info.etag != etag:
                 raise  # (the object did change)
+            r = await self._read_call(what, functools.partial(call, False))
         if "PartsCount" not in r:
             return None
         return int(r["ContentLength"])

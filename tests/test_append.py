@@ -197,3 +197,37 @@ def test_object_replaced_after_open_fails_cleanly(
     assert get(client, bucket, "log.bin") == theirs
     assert open_uploads(client, bucket) == []
     assert "the object changed (ETag no longer matches)" in m.log()
+
+
+def test_rewrites_after_an_append_with_copied_parts(
+        proxied: tuple[Callable[[], Mount], FaultProxy, Any, str]) -> None:
+    """After an append whose first parts were copied: a write into the read-back tail (held in
+    memory, in the first buffer) is applied; a write into the copied bytes is refused like any
+    rewrite outside the window (EINVAL, one log line naming the copied bytes), the upload is
+    aborted and the old object stays."""
+    make, proxy, client, bucket = proxied
+    old = os.urandom(OLD)
+    put_old(client, bucket, "a.bin", old, True)
+    put_old(client, bucket, "b.bin", old, True)
+    m = make()
+    m.allowed_errors.append("outside the rewrite window")
+    fd = os.open(m.path / "a.bin", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"new", OLD)
+        os.pwrite(fd, b"PATCH", OLD - 10)  # in the last old part, read back
+    finally:
+        os.close(fd)
+    assert get(client, bucket, "a.bin") == old[:-10] + b"PATCH" + old[-5:] + b"new"
+    fd = os.open(m.path / "b.bin", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"new", OLD)
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"X", 100)  # in a copied part
+        assert exc.value.errno == errno.EINVAL
+    finally:
+        with pytest.raises(OSError):
+            os.close(fd)
+    assert get(client, bucket, "b.bin") == old
+    assert open_uploads(client, bucket) == []
+    lines = [ln for ln in m.log().splitlines() if "outside the rewrite window" in ln]
+    assert len(lines) == 1 and f"bytes 0-{20 * MiB} were copied from the old object" in lines[0]

@@ -6,8 +6,9 @@ object is at least one part of the schedule (and S3's 5 MiB minimum), its leadin
 UploadPartCopy of the old object's own parts (their sizes from HEAD ?partNumber=N, or the whole
 object if it is a single-part one), each pinned to its ETag (CopySourceIfMatch). A last part
 shorter than 5 MiB cannot be a part that others follow: it is read back (pinned likewise) into
-the writer's first buffer, where the appended bytes follow it through the same parts and
-checks as any written bytes. Smaller objects are read back whole and sent again.
+the writer's first buffer (it is read before the copies, for the proof: at most 5 MiB held
+outside the write budget for a moment), where the appended bytes follow it through the same
+parts and checks as any written bytes. Smaller objects are read back whole and sent again.
 
 Proof, before anything else is written: the copy answers must be MD5s that, combined as S3
 combines part MD5s (with the read-back tail's MD5 last), give the old object's ETag. That

@@ -227,9 +227,13 @@ class Upload:
     def _cut(self, size: int) -> None:
         """Shrink the stream to `size` bytes, all of whose bytes past it are in memory."""
         part = self.part
-        own = len(self.copied)  # parts before the stream's own
-        low = self.base if self.first is not None and part is not None and \
-            part.number <= own + 2 and self.big is None else part.start if part else self.end
+        copied = len(self.copied)  # parts before the stream's own (an append's copies)
+        if part is None:  # nothing written after an append's copies: all of it was copied
+            low = self.end
+        elif self.first is not None and part.number <= copied + 2 and self.big is None:
+            low = self.base  # the stream's first part and the part being filled, in memory
+        else:
+            low = part.start
         if part is None or size < low:
             raise FsError(
                 f"{self.key}: truncate to {size} bytes is not supported: bytes from {low} "
@@ -239,7 +243,7 @@ class Upload:
             assert self.first is not None
             part.free(self.mgr.budget)
             self.part = part = self.first
-            self.parts_started = own + 1
+            self.parts_started = copied + 1
         part.fill = size - part.start
         self.end = self.promised = size
 

@@ -24,8 +24,8 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `head_extra_bytes`: HEAD answers report this many bytes more than the object has.
 
 Counters of what was done are in `counts`, also one per kind of request (`request_kind`) and
-the bytes of GET bodies answered (`get_bytes`); the
-latest requests (method, path) are in `log`. The proxy runs in daemon threads and stops with
+the bytes of GET bodies answered (`get_bytes`); the latest requests (method, path) are in
+`log`. The proxy runs in daemon threads and stops with
 `stop()` (or at the end of a `with` block).
 """
 

@@ -231,3 +231,38 @@ def test_rewrites_after_an_append_with_copied_parts(
     assert open_uploads(client, bucket) == []
     lines = [ln for ln in m.log().splitlines() if "outside the rewrite window" in ln]
     assert len(lines) == 1 and f"bytes 0-{20 * MiB} were copied from the old object" in lines[0]
+
+
+def test_unprovable_copies_fall_back_to_reading_back(s3server: SeaweedServer,
+                                                     tmp_path: Path) -> None:
+    """SeaweedFS behind a proxy that strips checksums: its copy answers are no MD5s, and it
+    cannot be asked for them (an upload declaring CRC32C gets no checksum back), so the append
+    reads the old bytes back and sends them again, saying why; the next append on the mount
+    does not try copies again."""
+    client = s3server.client()
+    bucket = f"app-fallback-{os.getpid()}"
+    client.create_bucket(Bucket=bucket)
+    old = os.urandom(OLD)
+    put_old(client, bucket, "log.bin", old, True)
+    with FaultProxy(s3server.endpoint_url) as proxy:
+        proxy.strip_checksums = True
+        m = start_mount(s3server, bucket, tmp_path / "mnt", tmp_path / "mount.log",
+                        "--endpoint-url", proxy.url)
+        try:
+            src = tmp_path / "extra"
+            src.write_bytes(b"one\n")
+            assert shell_append(m.path / "log.bin", src).returncode == 0, m.log()
+            src.write_bytes(b"two\n")
+            proxy.counts.clear()
+            assert shell_append(m.path / "log.bin", src).returncode == 0, m.log()
+            assert proxy.counts["COPY-PART"] == 0 and proxy.counts["get_bytes"] == OLD + 4
+        finally:
+            m.unmount()
+    assert get(client, bucket, "log.bin") == old + b"one\ntwo\n"
+    assert open_uploads(client, bucket) == []
+    log = m.log()
+    assert (f"the old object's {OLD} bytes were read back into a new upload (the server's "
+            "copy answers are no MD5s") in log
+    assert (f"the old object's {OLD + 4} bytes were read back into a new upload (this "
+            "server's copies cannot be proven)") in log
+    client.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from . import renamer
+from . import appender, renamer
 from .config import S3_MAX_PUT, Config
 from .errors import FsError
 from .etag import EMPTY_MD5
@@ -51,7 +51,6 @@ LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one 
 # write: the kernel sends it right after the last close, so it comes within milliseconds
 # unless the file is still open elsewhere.
 SETTLE_GRACE = 2.0
-APPEND_CHUNK = 1 << 20  # bytes read back at a time when appending to an object
 META_DELAY = 1.0  # seconds set times wait for a rename to carry them (rsync's temporary file)
 
 
@@ -520,11 +519,12 @@ class Namespace:
     async def write_existing(self, node: Node, off: int, synced: bool = False) -> Upload:
         """The upload for the first write into an existing file opened without O_TRUNC, or
         for a write after fsync completed the handle's upload (`synced`). At its end (`>>`,
-        O_APPEND, `curl -C -`), or after an fsync anywhere the rewrite window reaches (vim's
-        swap file): a new upload that starts with the object's bytes, read back and sent again
-        through the same checks as written bytes, then takes the write; the old object is
-        replaced only when the new one is verified. Anywhere else, a write into an object
-        opened without O_TRUNC would change it in place: EPERM."""
+        O_APPEND, `curl -C -`): a new upload that starts with the object's bytes, its parts
+        copied by the server where that can be proven, else read back and sent again
+        (appender.py), then takes the write. After an fsync anywhere the rewrite window
+        reaches (vim's swap file): the same, the old bytes read back, so that they can be
+        patched. The old object is replaced only when the new one is verified. Anywhere else,
+        a write into an object opened without O_TRUNC would change it in place: EPERM."""
         if node.detached:
             raise FsError(f"{node.path!r} was removed or replaced since this handle's upload "
                           "completed; nothing more can be written through it", errno.EBADF)
@@ -535,26 +535,25 @@ class Namespace:
                           "truncate it to 0 first; appending at its end works", errno.EPERM)
         await self.settle(node)
         upload = self._start_write(node)
+        key = self.keys.file_key(node.path)
         try:
-            await self._copy_in(node, upload)
+            if synced:  # the rewrite window must reach the old bytes: they are read back
+                await appender.read_in(upload, key, 0, node.size, node.etag)
+                log.info("%s: writing after fsync: its %d bytes were read back into a new "
+                         "upload", key, node.size)
+            else:
+                await appender.begin(upload, key, node.size, node.etag)
+        except FsError as exc:  # the handle keeps the failed upload: its writes and its
+            with trio.CancelScope(shield=True):  # close() return the failure
+                await upload.fail(exc)
+            self._done_writing(node, upload)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await upload.abort("appending failed while the old bytes were read back")
+                await upload.abort("appending failed while the old bytes were copied or read "
+                                   "back; the old object is unchanged")
             self._done_writing(node, upload)
             raise
         return upload
-
-    async def _copy_in(self, node: Node, upload: Upload) -> None:
-        """Write the object's bytes, as they are now (If-Match), into `upload`."""
-        key, size, etag = self.keys.file_key(node.path), node.size, node.etag
-        buf = memoryview(bytearray(min(size, APPEND_CHUNK)))
-        done = 0
-        while done < size:
-            n = min(len(buf), size - done)
-            await self.store.get_range(key, done, buf[:n], etag)
-            await upload.write(done, bytes(buf[:n]))
-            done += n
-        log.info("%s: appending: its %d bytes were read back into a new upload", key, size)
 
     async def truncate(self, node: Node, size: int, upload: Upload | None,
                        handle: bool) -> Upload | None:

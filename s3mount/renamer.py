@@ -51,6 +51,28 @@ def parts_of(etag: str) -> int:
     return int(n) if dash and n.isdigit() else 0
 
 
+async def part_layout(store: Store, key: str, size: int, etag: str) -> list[int] | None:
+    """The part sizes of multipart object `key` (`size` bytes, ETag `etag`; HEAD
+    ?partNumber=N, pinned to the ETag), or None when the server does not tell them."""
+    n = parts_of(etag)
+    sizes: list[int | None] = [None] * n
+
+    async def one(i: int) -> None:
+        async with limit:
+            sizes[i] = await store.part_size(key, i + 1, etag)
+
+    limit = trio.Semaphore(COPY_CONCURRENCY)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    if n and all(s is not None for s in sizes) and sum(s or 0 for s in sizes) == size:
+        return [s or 0 for s in sizes]
+    return None
+
+
 def check(src_kind: Kind, old: str, dst_kind: Kind | None, new: str, noreplace: bool,
           src_busy: bool = False, dst_busy: bool = False) -> None:
     """Refuse a rename of `old` onto `new` that no copy could perform (POSIX's errnos), or
@@ -156,27 +178,9 @@ class Renamer:
         except StoreError as exc:
             log.error("%s: could not delete the copy that failed verification: %s", key, exc)
 
-    async def _layout(self, info: ObjectInfo) -> list[int] | None:
-        """The source's part sizes, or None when the server does not tell them."""
-        n = parts_of(info.etag)
-        sizes: list[int | None] = [None] * n
-
-        async def one(i: int) -> None:
-            sizes[i] = await self.store.part_size(info.key, i + 1, info.etag)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for i in range(n):
-                    nursery.start_soon(one, i)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        if all(s is not None for s in sizes) and sum(s or 0 for s in sizes) == info.size:
-            return [s or 0 for s in sizes]
-        return None
-
     async def _copy_parts(self, info: ObjectInfo, dst: str,
                           meta: dict[str, str] | None) -> None:
-        sizes = await self._layout(info)
+        sizes = await part_layout(self.store, info.key, info.size, info.etag)
         if sizes is None:
             raise _unverifiable(info.key, "the server does not report its part sizes")
         started = await self.store.create_upload(dst, meta=meta,

@@ -572,24 +572,37 @@ class S3Store:
         return normalize_etag(r.get("CopyPartResult", {}).get("ETag", ""))
 
     async def copy_part_checked(self, dst: str, upload_id: str, number: int, src: str,
-                                size: int, etag: str, checksum: Algorithm | None) -> Sent:
-        """UploadPartCopy of the whole of `src` (`size` bytes) as part `number` of `dst`, with
-        the additional checksum the server answers for it when `dst`'s upload declared one."""
+                                size: int, etag: str, checksum: Algorithm | None,
+                                start: int = 0) -> Sent:
+        """UploadPartCopy of `size` bytes of `src` from `start` (the whole of a temporary
+        object, or a part of an object appended to) as part `number` of `dst`, with the
+        additional checksum the server answers for it when `dst`'s upload declared one."""
         r = await self._write_call(f"COPY-PART {number} {src} -> {dst}", lambda: self.client
                                    .upload_part_copy(
             Bucket=self.bucket, Key=dst, UploadId=upload_id, PartNumber=number,
             CopySource={"Bucket": self.bucket, "Key": src}, CopySourceIfMatch=f'"{etag}"',
-            CopySourceRange=f"bytes=0-{size - 1}"))
+            CopySourceRange=f"bytes={start}-{start + size - 1}"))
         result = r.get("CopyPartResult", {})
         got = result.get(checksum.field) if checksum is not None else None
         return Sent(normalize_etag(result.get("ETag", "")), str(got) if got else None)
 
     async def part_size(self, key: str, number: int, etag: str) -> int | None:
-        """Size of part `number` of a multipart object, or None if the server cannot say."""
-        def call() -> dict[str, Any]:
+        """Size of part `number` of a multipart object, or None if the server cannot say.
+        Pinned to `etag`; moto's server compares If-Match with the part's own ETag instead,
+        so a refusal there is asked again unpinned if the object still has `etag` (a HEAD);
+        callers that copy pin their copies too."""
+        def call(pinned: bool) -> dict[str, Any]:
             return self.client.head_object(  # type: ignore[no-any-return]
-                Bucket=self.bucket, Key=key, PartNumber=number, IfMatch=f'"{etag}"')
-        r = await self._read_call(f"HEAD {key} part {number}", call)
+                Bucket=self.bucket, Key=key, PartNumber=number,
+                **({"IfMatch": f'"{etag}"'} if pinned else {}))
+        what = f"HEAD {key} part {number}"
+        try:
+            r = await self._read_call(what, functools.partial(call, True))
+        except PreconditionFailed:
+            info = await self.head(key)
+            if info is None or info.etag != etag:
+                raise  # (the object did change)
+            r = await self._read_call(what, functools.partial(call, False))
         if "PartsCount" not in r:
             return None
         return int(r["ContentLength"])

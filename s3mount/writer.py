@@ -97,6 +97,10 @@ class Upload:
         # Big parts whose copy answer was no MD5: (number, start, length, MD5), read back.
         self.read_back: list[tuple[int, int, int, bytes]] = []
         self.parts_started = 0
+        # An append's leading parts, copied from the old object by the server (appender.py):
+        # their sizes; the stream's own parts follow them, from `base` on, by the schedule.
+        self.copied: list[int] = []
+        self.base = 0
         self.etag = MultipartETag()
         self.etags: dict[int, str] = {}
         self.checksums: dict[int, Extra] = {}
@@ -212,17 +216,25 @@ class Upload:
         spans = [f"bytes {p.start}-{p.end} (part {p.number})" if p is not self.part or
                  self.big is None else f"bytes {p.start}-{p.end} (sub-part {p.number} of big "
                  f"part {self.big.number})" for p in self._held()]
-        if self.first is None and self.parts_started > 1:
-            spans.insert(0, "part 1 was already sent: --max-memory was full")
+        if self.first is None and self.parts_started > len(self.copied) + 1:
+            spans.insert(0, f"part {len(self.copied) + 1} was already sent: --max-memory was "
+                         "full")
+        if self.copied:
+            spans.insert(0, f"bytes 0-{self.base} were copied from the old object by the "
+                         "server and cannot be changed")
         return "rewritable now: " + (", ".join(spans) or "nothing")
 
     def _cut(self, size: int) -> None:
         """Shrink the stream to `size` bytes, all of whose bytes past it are in memory."""
         part = self.part
-        assert part is not None  # something was written: size < end
-        low = 0 if self.first is not None and part.number <= 2 and self.big is None \
-            else part.start
-        if size < low:
+        copied = len(self.copied)  # parts before the stream's own (an append's copies)
+        if part is None:  # nothing written after an append's copies: all of it was copied
+            low = self.end
+        elif self.first is not None and part.number <= copied + 2 and self.big is None:
+            low = self.base  # the stream's first part and the part being filled, in memory
+        else:
+            low = part.start
+        if part is None or size < low:
             raise FsError(
                 f"{self.key}: truncate to {size} bytes is not supported: bytes from {low} "
                 f"on were already sent ({self._window()}; {self.end} bytes "
@@ -231,7 +243,7 @@ class Upload:
             assert self.first is not None
             part.free(self.mgr.budget)
             self.part = part = self.first
-            self.parts_started = 1
+            self.parts_started = copied + 1
         part.fill = size - part.start
         self.end = self.promised = size
 
@@ -262,7 +274,7 @@ class Upload:
                 await self._create()
         if self.big is None:
             number, size, start = self._next_part()
-            if number > 1 and self._is_big(size):
+            if number > len(self.copied) + 1 and self._is_big(size):
                 big = BigPart(self, number, size, start, self.mgr.sub_size)
                 await big.create()
                 self.big, self.parts_started = big, number
@@ -277,7 +289,7 @@ class Upload:
         if self.big is not None:
             self.big.subs = number
             return self.part
-        if number == 1:
+        if number == len(self.copied) + 1:
             self.first = self.part
         self.parts_started = number
         return self.part
@@ -285,6 +297,7 @@ class Upload:
     def _next_part(self) -> tuple[int, int, int]:
         """Number, size and stream offset of the next part, or EFBIG past the schedule."""
         number = self.parts_started + 1
+        own = number - len(self.copied)  # its number among the stream's own parts
         schedule = self.mgr.schedule
         if number > MAX_PARTS:
             raise FsError(
@@ -292,12 +305,12 @@ class Upload:
                 f"{human_size(schedule.capacity(MAX_PARTS))} in {MAX_PARTS} parts (S3's "
                 "limit); nothing more can be written to this file; upload aborted (mount with "
                 "a larger --part-size or a smaller --part-growth-every)", errno.EFBIG)
-        size = schedule.size_of(number)
+        size = schedule.size_of(own)
         if size > self.mgr.budget.capacity and not self._is_big(size) and \
-                schedule.size_of(number - 1) <= self.mgr.budget.capacity:
+                schedule.size_of(own - 1) <= self.mgr.budget.capacity:
             log.warning("%s: part %d is %d MiB, more than --max-memory; this stream now "
                         "holds one part at a time", self.key, number, size >> 20)
-        return number, size, schedule.capacity(number - 1)
+        return number, size, self.base + schedule.capacity(own - 1)
 
     def _is_big(self, size: int) -> bool:
         """A part assembled by the server: larger than a buffer, and its copy can be proven
@@ -353,6 +366,36 @@ class Upload:
         self.upload_id = started.upload_id
         log.debug("%s: multipart upload %s started", self.key, self.upload_id)
         return started.upload_id
+
+    # -- appends (appender.py) --------------------------------------------------------------
+
+    async def begin_multipart(self, again: bool = False) -> str:
+        """The multipart upload, started now if it was not; `again`: abort it first and start
+        a new one (with the additional checksum the mount chooses now)."""
+        async with self.lock:
+            self._check_open()
+            if again:
+                await self.drop_multipart()
+            return self.upload_id or await self._create()
+
+    async def drop_multipart(self) -> None:
+        """Abort the multipart upload begun for copies that are not used."""
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            await self.store.abort_upload(self.key, upload_id)
+
+    def adopt_copies(self, parts: list[tuple[int, bytes, str, Extra | None]]) -> None:
+        """Parts 1..K are the old object's bytes, copied by the server and proven
+        (appender.py): (size, MD5, ETag, checksum) of each. The stream goes on after them."""
+        assert self.end == 0 and self.parts_started == 0 and self.upload_id is not None
+        for number, (_, digest, etag, extra) in enumerate(parts, 1):
+            self.etag.add_part(number, digest)
+            self.etags[number] = etag
+            if extra is not None:
+                self.checksums[number] = extra
+        self.copied = [size for size, *_ in parts]
+        self.base = self.end = self.bytes_uploaded = sum(self.copied)
+        self.parts_started = len(parts)
 
     def record_failure(self, exc: Exception, what: str) -> None:
         """Keep the first failure of a background task (a part, a big part) for the writer
@@ -477,7 +520,8 @@ class Upload:
             else:  # emptied by a truncate
                 await big.discard()
                 self.parts_started -= 1
-        if self.parts_started == 0 or self.parts_started == 1 and self.first is not None:
+        if not self.copied and (self.parts_started == 0 or
+                                self.parts_started == 1 and self.first is not None):
             return await self._put_single()
         for held in reversed(self._held()):  # the last part, then part 1
             self._ship(held)
@@ -575,7 +619,9 @@ class Upload:
     def _part_digests(self) -> list[tuple[int, bytes]]:
         """(size, MD5) of each part sent, in order: every part but the last is full."""
         digests = self.etag.digests()
-        sizes = [self.mgr.schedule.size_of(n) for n in range(1, len(digests))]
+        own = len(digests) - len(self.copied)
+        sizes = (self.copied + [self.mgr.schedule.size_of(n) for n in range(1, own)])[
+            :len(digests) - 1]
         sizes.append(self.end - sum(sizes))
         return list(zip(sizes, digests, strict=True))
 
@@ -631,6 +677,11 @@ class Upload:
             self.done.set()
             self.mgr.forget(self)
 
+    async def fail(self, exc: FsError) -> None:
+        """Fail the upload with `exc` (not logged here: the caller's answer carries it)."""
+        if self.state not in (UploadState.DONE, UploadState.FAILED):
+            await self._fail(exc)
+
     async def abort(self, reason: str) -> None:
         if self.state in (UploadState.DONE, UploadState.FAILED):
             return
@@ -651,6 +702,7 @@ class Uploads:
         # The server answers UploadPartCopy with MD5s only for uploads that declare a checksum
         # (SeaweedFS): new uploads declare CRC32C.
         self.copies_need_checksum = False
+        self.append_copies = True  # until appends learn that copies cannot be proven here
         self.try_checksum = False  # after a read-back, until checksum_for_copies looked
         self.schedule = PartSchedule(config.part_size, config.part_growth_every)
         self.chosen = None if config.checksum == "auto" else checksum.get(config.checksum)

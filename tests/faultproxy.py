@@ -23,10 +23,11 @@ valid because the Host header is passed through unchanged) unless a fault says o
 - `flip_gets`: flip one bit in the middle of every GET body;
 - `head_extra_bytes`: HEAD answers report this many bytes more than the object has.
 
-Counters of what was done are in `counts`, also one per kind of request (`request_kind`); the
-latest requests (method, path) are in `log`, and in `spans` with when each arrived and when
-its answer was sent (`in_series` counts the round trips they took one after another).
-The proxy runs in daemon threads and stops with `stop()` (or at the end of a `with` block).
+Counters of what was done are in `counts`, also one per kind of request (`request_kind`) and
+the bytes of GET bodies answered (`get_bytes`); the latest requests (method, path) are in
+`log`, and in `spans` with when each arrived and when its answer was sent (`in_series` counts
+the round trips they took one after another). The proxy runs in daemon threads and stops with
+`stop()` (or at the end of a `with` block).
 """
 
 from __future__ import annotations
@@ -198,9 +199,9 @@ class FaultProxy:
             self.truncate_next -= take
             return take
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, n: int = 1) -> None:
         with self.lock:
-            self.counts[what] += 1
+            self.counts[what] += n
 
     # -- one request --------------------------------------------------------------------------
 
@@ -245,6 +246,8 @@ class FaultProxy:
             headers = {k: v for k, v in headers.items()
                        if not k.lower().startswith("x-amz-checksum-")}
             data = _XML_CHECKSUM.sub(b"", data)
+        if request_kind(h.command, h.path) == "GET" and status in (200, 206):
+            self._count("get_bytes", len(data))
         if self.flip_gets and request_kind(h.command, h.path) == "GET" and data and \
                 status in (200, 206):
             self._count("flipped")

@@ -338,8 +338,9 @@ class MemStore:
         return self.objects[dst].etag
 
     async def copy_part_checked(self, dst: str, upload_id: str, number: int, src: str,
-                                size: int, etag: str, checksum: Algorithm | None) -> Sent:
-        got = await self.copy_part(dst, upload_id, number, src, 0, size, etag)
+                                size: int, etag: str, checksum: Algorithm | None,
+                                start: int = 0) -> Sent:
+        got = await self.copy_part(dst, upload_id, number, src, start, start + size, etag)
         stored = self.uploads[upload_id].parts[number].checksum
         return Sent(got, stored if checksum is not None else None)
 

@@ -177,7 +177,7 @@ def test_non_md5_server_with_checksums(mount_factory: Callable[..., Mount], prox
     r = subprocess.run(["cat", str(m.path / "big.bin")], capture_output=True, timeout=60)
     assert r.returncode == 1 and b"Input/output error" in r.stderr
     (line,) = [x for x in m.log().splitlines() if "do not match the object's CRC32C" in x]
-    assert "big.bin" in line and re.search(r"S3 keeps \S+-3\)", line)
+    assert "big.bin" in line and re.search(r"S3 keeps \S+-3, COMPOSITE\)", line)
 
 
 # -- verified reads --------------------------------------------------------------------------

@@ -275,6 +275,8 @@ class Reader:
         if end <= v.pos:
             return  # bytes hashed already: a re-read
         if off > v.pos:  # skipped ahead: this pass proves nothing
+            log.debug("%s: a read at %d skips ahead of the %d bytes hashed: this pass is not "
+                      "verified", self.key, off, v.pos)
             self.budget.counts["unverified_passes"] += 1
             self._stop_verifying()
             return
@@ -291,6 +293,8 @@ class Reader:
         await v.finished.wait()
         got = v.result()
         if got is None or v.plan is None:
+            log.debug("%s: read whole, but not verified (%s)", self.key,
+                      "nothing to prove it by" if v.plan is None else "a part size unknown")
             self.budget.counts["unverified_passes"] += 1
         elif got == v.plan.expected:
             self.budget.counts["verified_objects"] += 1

@@ -1,7 +1,9 @@
 """What verified reads cost: 1 GiB read through a mount with and without --no-verify-reads.
 
-Starts its own SeaweedFS, stores a 1 GiB single-part object (PutObject) and a 1 GiB
-multipart one (written through s3mount, 8 MiB parts), then reads each with
+Starts its own SeaweedFS, stores four 1 GiB objects: a single-part one (PutObject) and a
+multipart one (written through s3mount, 8 MiB parts), neither with an additional checksum, and
+the same two shapes as boto3 1.44 stores them with its default checksums (PutObject with a
+CRC32; `upload_file`: 8 MiB parts, a composite CRC32), then reads each with
 `dd bs=1M of=/dev/null` through a fresh mount, alternating the two settings, RUNS times.
 Reports the median MiB/s and the mount process's CPU-seconds per GiB (user + system, from
 /proc). Usage: python -m bench.verify_cost [--runs N] [--mib M]
@@ -18,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from botocore.config import Config
 
 from tests.seaweed import SeaweedServer
 
@@ -85,6 +89,16 @@ def main() -> None:
         s3.create_bucket(Bucket="verifycost")
         with open(src, "rb") as f:
             s3.put_object(Bucket="verifycost", Key="single.bin", Body=f)
+        # boto3's defaults (request_checksum_calculation="when_supported"): a CRC32 is sent
+        # and kept, of the whole object for a PutObject, composite for upload_file's parts.
+        crc = server.client(Config(request_checksum_calculation="when_supported"))
+        with open(src, "rb") as f:
+            crc.put_object(Bucket="verifycost", Key="single-crc32.bin", Body=f)
+        crc.upload_file(str(src), "verifycost", "multi-crc32.bin")
+        for key in ("single-crc32.bin", "multi-crc32.bin"):
+            head = s3.head_object(Bucket="verifycost", Key=key, ChecksumMode="ENABLED")
+            print(f"{key}: kept checksum CRC32 {head.get('ChecksumCRC32')} "
+                  f"({head.get('ChecksumType', 'type not said')})")
         proc = mount(server, "verifycost", tmp / "w", tmp / "write.log")
         try:
             subprocess.run(["dd", f"if={src}", f"of={tmp / 'w' / 'multi.bin'}", "bs=1M",
@@ -95,7 +109,7 @@ def main() -> None:
         print(f"{ns.mib} MiB read with dd bs=1M through a fresh mount; median of {ns.runs}")
         print("| object | verified reads | MiB/s | mount CPU-s per GiB | verified |")
         print("|---|---|---|---|---|")
-        for key in ("single.bin", "multi.bin"):
+        for key in ("single.bin", "multi.bin", "single-crc32.bin", "multi-crc32.bin"):
             results: dict[str, list[tuple[float, float, int]]] = {"on": [], "off": []}
             for _ in range(ns.runs):
                 for name, args in (("on", []), ("off", ["--no-verify-reads"])):

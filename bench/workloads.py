@@ -152,7 +152,13 @@ def seed(env: Env) -> None:
     sz = env.sizes
     s3 = env.server.client(Config(max_pool_connections=32))
     s3.create_bucket(Bucket=env.data_bucket)
-    s3.upload_file(str(env.src), env.data_bucket, DATA_KEY)
+    # The big file as a new user's boto3 (1.36+) or aws CLI stores it: their default checksums
+    # send a CRC32 with every part, which the server keeps (composite) and verified reads use;
+    # the test client sends none.
+    seeder = env.server.client(Config(max_pool_connections=32,
+                                      request_checksum_calculation="when_supported"))
+    seeder.upload_file(str(env.src), env.data_bucket, DATA_KEY)
+    seeder.close()
     dirs, per_dir = sz.tree
     keys = [f"{LIST_PREFIX}obj-{i:05d}" for i in range(sz.list_objects)]
     keys += [f"{TREE_PREFIX}d{d:03d}/f{f:03d}" for d in range(dirs) for f in range(per_dir)]

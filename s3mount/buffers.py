@@ -297,6 +297,12 @@ class ReadBudget:
         self.counts: collections.Counter[str] = collections.Counter()
         self.hashers = trio.CapacityLimiter(2)
         self.part_sizes = True  # until the server shows it cannot tell them (HEAD partNumber)
+        # Reads prefer an additional checksum S3 keeps to the ETag's MD5 (cheaper), until a
+        # checksum is shown wrong; keys whose checksum disagreed are then proven by their MD5,
+        # and those whose MD5 then agreed are `checksum_cured`.
+        self.prefer_checksums = True
+        self.checksum_doubted: set[str] = set()
+        self.checksum_cured: set[str] = set()
 
     def take(self, n: int, force: bool = False) -> mmap.mmap | None:
         """A buffer of at least `n` bytes, or None when it does not fit (unless `force`)."""

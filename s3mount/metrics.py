@@ -138,11 +138,15 @@ def render(src: Sources) -> str:
     t.one("s3mount_read_bytes_total", "counter", "Bytes served to read() calls.",
           c["bytes_read"])
     t.metric("s3mount_read_verified_objects_total", "counter",
-             "Whole-object reads hashed and compared with the object's MD5, by result.",
+             "Whole-object reads hashed and compared with the object's MD5 or the "
+             "checksum S3 keeps, by result.",
              [({"result": "ok"}, c["verified_objects"]),
               ({"result": "failed"}, c["failed_objects"])])
     t.one("s3mount_read_verified_bytes_total", "counter",
-          "Bytes of whole-object reads whose MD5 matched.", c["verified_bytes"])
+          "Bytes of whole-object reads whose MD5 or checksum matched.", c["verified_bytes"])
+    t.one("s3mount_read_verified_by_checksum_total", "counter",
+          "Whole-object reads proven by a checksum S3 keeps rather than the MD5.",
+          c["verified_by_checksum"])
     t.one("s3mount_read_unverified_passes_total", "counter",
           "Reads from offset 0 that skipped ahead, so that the object was not verified.",
           c["unverified_passes"])

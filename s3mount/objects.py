@@ -24,6 +24,7 @@ class ObjectInfo:
     meta: dict[str, str] | None = field(default=None, hash=False)
     content_type: str | None = None
     checksum_algorithm: str | None = None  # our name of `checksum`'s algorithm ("crc32c")
+    checksum_type: str | None = None  # "COMPOSITE" or "FULL_OBJECT", when S3 says
 
 
 @dataclass(frozen=True)

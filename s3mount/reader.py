@@ -13,16 +13,23 @@ started with the HEAD that learns its metadata (`Readers.start_first_read`), so 
 after the open waits for no further round trip; an open within `SPARE_TTL` takes that reader
 over, and one nobody opens is closed.
 
-Verified reads: when the object's ETag is an MD5 (one PutObject: the MD5 of its bytes; a
-multipart upload: the MD5 of its parts' MD5s, with the part sizes asked of S3 by HEAD
-partNumber=N) and the reads go from offset 0 to the end in order, the bytes served are hashed
-as they go (in a worker thread, behind the reads) and compared at the end; a mismatch fails
-the read that completes the object with EIO. Re-reads of bytes already hashed are fine; a read
-that skips ahead ends the verification of that pass (counted as unverified).
+Verified reads: when the reads go from offset 0 to the end in order, the bytes served are
+hashed as they go (in a worker thread, behind the reads) and compared at the end; a mismatch
+fails the read that completes the object with EIO. Re-reads of bytes already hashed are fine; a
+read that skips ahead ends the verification of that pass (counted as unverified). The proof is
+the cheapest the object offers: an additional checksum S3 keeps (HEAD with ChecksumMode: CRC32C,
+CRC64NVME, CRC32, SHA1, SHA256; of the whole object, or composite `-N` of its parts), else the
+ETag when it is an MD5 (one PutObject: the MD5 of its bytes; a multipart upload: the MD5 of its
+parts' MD5s). Composite values need the part sizes, asked of S3 by HEAD partNumber=N. Objects
+under CHECKSUM_MIN with an MD5 ETag skip the HEAD: hashing them costs less than asking.
+A checksum that disagrees while the ETag is an MD5 fails the read, and later passes of that
+object are proven by the MD5 instead; when that proves WRONG_CHECKSUMS such objects, the server's
+checksums are taken to be wrong (said once) and reads on the mount stop preferring them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -52,6 +59,12 @@ VERIFY_QUEUE = 4
 # first read started before the open fetches.
 FIRST_READ = 1 * MiB
 SPARE_TTL = 1.0  # seconds a first read started before an open waits for that open
+# Objects this small with an MD5 ETag are proven by it without asking for a checksum: MD5 of
+# 1 MiB is ~1.7 ms of CPU, about what a HEAD costs the mount and the server together.
+CHECKSUM_MIN = 1 * MiB
+# Objects whose checksum refused a pass that their MD5 then proved, before the server's
+# checksums are taken to be wrong rather than those passes' bytes.
+WRONG_CHECKSUMS = 3
 
 
 def _hash_segments(segments: list[tuple[Hasher, memoryview]]) -> None:
@@ -69,23 +82,38 @@ class _Plan:
     new: Callable[[], Hasher]
     combine: Callable[[list[bytes]], str]
     what: str  # for messages: "MD5s (its ETag is ...)"
+    md5: bool = False  # proven by the ETag (else by an additional checksum)
 
 
 def _md5_plan(etag: str, parts: int) -> _Plan:
     def combine(digests: list[bytes]) -> str:
         return digests[0].hex() if "-" not in etag else multipart_etag(digests)
     return _Plan(etag, parts, lambda: hashlib.md5(usedforsecurity=False), combine,
-                 f"MD5s (its ETag is {etag})")
+                 f"MD5s (its ETag is {etag})", md5=True)
 
 
 def _checksum_plan(info: ObjectInfo) -> _Plan | None:
     """The plan for an object S3 keeps an additional checksum of (HEAD with ChecksumMode):
-    `b64` of the whole object, or `b64-N` composed of its N parts' checksums."""
+    `b64` of the whole object, or `b64-N` composed of its N parts' checksums. None when the
+    value's shape is not one of these: a composite value without its `-N` (moto's), or a
+    suffix-less value of a multipart object not said to be FULL_OBJECT, proves nothing."""
     if info.checksum is None or info.checksum_algorithm is None:
         return None
-    algo = checksum.get(info.checksum_algorithm)
-    _, dash, n = info.checksum.partition("-")
+    algo = checksum.kept(info.checksum_algorithm)
+    value, dash, n = info.checksum.partition("-")
     if dash and not n.isdigit():
+        return None
+    kind = info.checksum_type
+    if dash and kind not in (None, "COMPOSITE"):
+        return None
+    if not dash and (kind == "COMPOSITE" or (
+            "-" in info.etag and kind != "FULL_OBJECT")):
+        return None
+    try:
+        size = len(base64.b64decode(value, validate=True))
+    except ValueError:
+        return None
+    if size != len(algo.digest(b"")):
         return None
     parts = int(n) if dash else 1
 
@@ -93,7 +121,8 @@ def _checksum_plan(info: ObjectInfo) -> _Plan | None:
         sums = [checksum.b64(d) for d in digests]
         return sums[0] if not dash else algo.composite(sums)
     return _Plan(info.checksum, parts, algo.hasher, combine,
-                 f"{algo.s3_name} checksum (S3 keeps {info.checksum})")
+                 f"{algo.s3_name} checksum (S3 keeps {info.checksum}"
+                 f"{', ' + kind if kind else ''})")
 
 
 class _Verifier:
@@ -202,8 +231,8 @@ class Reader:
         self.lock = trio.Lock()
         budget.readers += 1
         self.closed = False
-        # A pass is proven by the ETag when it is made of MD5s, else by an additional
-        # checksum if S3 keeps one (asked when a pass starts).
+        # A pass is proven by an additional checksum if S3 keeps one (asked when a pass
+        # starts), else by the ETag when it is made of MD5s.
         self.md5_parts = verifiable_parts(etag) if budget.md5_etags else None
         self.verifier: _Verifier | None = None
         # Set once the bytes failed verification: the kernel retries a failed read-ahead with
@@ -254,6 +283,8 @@ class Reader:
         if end <= v.pos:
             return  # bytes hashed already: a re-read
         if off > v.pos:  # skipped ahead: this pass proves nothing
+            log.debug("%s: a read at %d skips ahead of the %d bytes hashed: this pass is not "
+                      "verified", self.key, off, v.pos)
             self.budget.counts["unverified_passes"] += 1
             self._stop_verifying()
             return
@@ -270,24 +301,47 @@ class Reader:
         await v.finished.wait()
         got = v.result()
         if got is None or v.plan is None:
+            log.debug("%s: read whole, but not verified (%s)", self.key,
+                      "nothing to prove it by" if v.plan is None else "a part size unknown")
             self.budget.counts["unverified_passes"] += 1
         elif got == v.plan.expected:
             self.budget.counts["verified_objects"] += 1
             self.budget.counts["verified_bytes"] += self.size
+            if not v.plan.md5:
+                self.budget.counts["verified_by_checksum"] += 1
+            elif self.key in self.budget.checksum_doubted:
+                self._checksum_was_wrong()
         else:
             await self._mismatch(v.plan, got)
 
     async def _plan(self) -> _Plan | None:
-        if self.md5_parts is not None:
-            return _md5_plan(self.etag, self.md5_parts)
+        md5 = None if self.md5_parts is None else _md5_plan(self.etag, self.md5_parts)
+        if md5 is not None and (self.size < CHECKSUM_MIN or not self.budget.prefer_checksums
+                                or self.key in self.budget.checksum_doubted):
+            return md5
         try:
             info = await self.store.head(self.key, checksum=True)
         except StoreError as exc:
             log.debug("%s: no checksum to verify this read against (%s)", self.key, exc)
-            return None
+            return md5
         if info is None or info.etag != self.etag:
             return None  # gone or replaced: the reads pinned to the ETag will say so
-        return _checksum_plan(info)
+        if not etag_is_md5(info.encryption):
+            md5 = None  # SSE-KMS, SSE-C: the ETag only looks like an MD5
+        return _checksum_plan(info) or md5
+
+    def _checksum_was_wrong(self) -> None:
+        """The MD5 proved bytes of an object whose checksum refused an earlier pass: wrong
+        bytes that time, or a wrong checksum. Once it happens to WRONG_CHECKSUMS objects, the
+        server's checksums are taken to be wrong (its ETags are used from then on)."""
+        cured = self.budget.checksum_cured
+        cured.add(self.key)
+        if len(cured) >= WRONG_CHECKSUMS and self.budget.prefer_checksums:
+            self.budget.prefer_checksums = False
+            log.warning("the checksums this server keeps disagreed with %d objects that their "
+                        "ETags (MD5s) then proved, the last %s: reads on this mount are "
+                        "verified by ETags from now on (the server's checksums look wrong)",
+                        len(cured), self.key)
 
     async def _part_size(self, number: int, parts: int) -> int | None:
         """Size of part `number` of `parts`: the whole object for a single-part one; else
@@ -309,7 +363,10 @@ class Reader:
         return size
 
     async def _mismatch(self, plan: _Plan, got: str) -> None:
-        if self.md5_parts is not None:
+        if not plan.md5 and self.md5_parts is not None:
+            # Wrong bytes, or a wrong checksum: later passes are proven by the MD5 instead.
+            self.budget.checksum_doubted.add(self.key)
+        if plan.md5:
             info = await self.store.head(self.key)
             if info is not None and not etag_is_md5(info.encryption):  # SSE-KMS: no MD5s
                 if self.budget.md5_etags:

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RECENT_ERRORS = 20
 # What readers served and proved (reader.py): files opened for reading, bytes served, whole
-# objects whose MD5 matched, whose MD5 did not (EIO), and passes that skipped ahead.
+# objects proven (by their MD5 or an additional checksum S3 keeps), not (EIO), and passes that
+# skipped ahead; of those proven, how many by a checksum.
 READ_COUNTS = ("objects_opened", "bytes_read", "verified_objects", "verified_bytes",
-               "failed_objects", "unverified_passes")
+               "failed_objects", "unverified_passes", "verified_by_checksum")
 BAR = 30
 
 

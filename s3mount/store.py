@@ -33,7 +33,7 @@ import botocore.exceptions
 import botocore.utils
 import trio
 
-from .checksum import ALGORITHMS, Algorithm
+from .checksum import KEPT, Algorithm
 from .config import Config, mask
 from .errors import (
     AccessDenied,
@@ -441,11 +441,12 @@ class S3Store:
             r = await self._read_call(f"HEAD {key}", call)
         except NoSuchKey:
             return None
-        algo = next((a for a in ALGORITHMS.values() if r.get(a.field)), None)
+        algo = next((a for a in KEPT.values() if r.get(a.field)), None)
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
                           normalize_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
                           _encryption(r), dict(r.get("Metadata") or {}),
-                          r.get("ContentType") or None, algo.name if algo else None)
+                          r.get("ContentType") or None, algo.name if algo else None,
+                          r.get("ChecksumType") if algo else None)
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:

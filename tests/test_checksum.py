@@ -276,3 +276,25 @@ def test_crc32c_package_is_hardware_or_software_but_correct() -> None:
     a = checksum.get("crc32c").digest(data)
     b = checksum.get("crc32c").digest(data[:1000] + data[1000:])
     assert a == b == crc32c.crc32c(data).to_bytes(4, "big")
+
+
+# -- the checksums S3 may keep, for reads --------------------------------------------------
+
+
+def test_kept_algorithms_known_values_and_pieces() -> None:
+    """Every algorithm S3 may keep gives its published check value for "123456789", and the
+    same digest fed in pieces as whole (what verified reads rely on)."""
+    check = {"crc32": 0xCBF43926, "crc32c": 0xE3069283, "crc64nvme": 0xAE8B14860A799888}
+    assert set(checksum.KEPT) == {"crc32", "crc32c", "crc64nvme", "sha1", "sha256"}
+    data = os.urandom(3 * MiB + 5)
+    for name, algo in checksum.KEPT.items():
+        assert checksum.kept(name) is algo and algo.field == f"Checksum{algo.s3_name}"
+        if name in check:
+            size = 8 if name == "crc64nvme" else 4
+            assert algo.digest(b"123456789") == check[name].to_bytes(size, "big"), name
+        h = algo.hasher()
+        for i in range(0, len(data), 1000003):
+            h.update(memoryview(data)[i:i + 1000003])
+        assert h.digest() == algo.digest(data), name
+    assert checksum.kept("sha1").digest(b"abc") == hashlib.sha1(b"abc").digest()
+    assert "crc32" not in checksum.ALGORITHMS  # --checksum choices are unchanged

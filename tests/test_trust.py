@@ -177,7 +177,7 @@ def test_non_md5_server_with_checksums(mount_factory: Callable[..., Mount], prox
     r = subprocess.run(["cat", str(m.path / "big.bin")], capture_output=True, timeout=60)
     assert r.returncode == 1 and b"Input/output error" in r.stderr
     (line,) = [x for x in m.log().splitlines() if "do not match the object's CRC32C" in x]
-    assert "big.bin" in line and re.search(r"S3 keeps \S+-3\)", line)
+    assert "big.bin" in line and re.search(r"S3 keeps \S+-3, COMPOSITE\)", line)
 
 
 # -- verified reads --------------------------------------------------------------------------
@@ -474,3 +474,146 @@ async def test_unprovable_uploads_fail_at_open_once_learnt(
     await up.write(0, b"b" * 1000)
     await up.complete()
     assert get(s3, bucket, "third") == b"b" * 1000
+
+
+# -- reads proven by the checksums S3 keeps ----------------------------------------------------
+
+
+def boto3_defaults(endpoint: str, env: dict[str, str]) -> Any:
+    """A boto3 client with boto3 1.36+'s default checksums (a CRC32 with every upload)."""
+    from botocore.config import Config as BotoConfig
+    return s3_client(endpoint, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                     BotoConfig(request_checksum_calculation="when_supported",
+                                response_checksum_validation="when_supported"))
+
+
+def upload_file(client: Any, bucket: str, key: str, data: bytes, tmp: Path) -> None:
+    """boto3's upload_file in 5 MiB parts, with the client's checksum defaults."""
+    from boto3.s3.transfer import TransferConfig
+    src = tmp / f"{key}.src"
+    src.write_bytes(data)
+    client.upload_file(str(src), bucket, key, Config=TransferConfig(
+        multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+
+
+def test_reads_proven_by_the_checksum_s3_keeps(mount_factory: Callable[..., Mount],
+                                               proxy: FaultProxy, s3server: SeaweedServer,
+                                               s3: Any, bucket: str, tmp_path: Path) -> None:
+    """Objects as boto3 stores them by default carry a CRC32 (a PutObject: of the whole
+    object; upload_file: composite `-3`, ChecksumType COMPOSITE on SeaweedFS): full reads
+    are proven by it, not by the MD5 (status counts them), and a flipped bit gives EIO
+    naming the checksum. Later passes of an object whose checksum refused one are proven
+    by its MD5. Small objects and objects without a checksum are proven by their MD5."""
+    c = boto3_defaults(s3server.endpoint_url, s3server.env())
+    put, multi, small, plain = (os.urandom(3 * MiB), os.urandom(12 * MiB + 3),
+                                os.urandom(100_000), os.urandom(2 * MiB))
+    c.put_object(Bucket=bucket, Key="put.bin", Body=put)
+    upload_file(c, bucket, "multi.bin", multi, tmp_path)
+    c.put_object(Bucket=bucket, Key="small.bin", Body=small)
+    s3.put_object(Bucket=bucket, Key="plain.bin", Body=plain)  # no checksum sent: none kept
+    head = s3.head_object(Bucket=bucket, Key="multi.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"].endswith("-3") and head["ChecksumType"] == "COMPOSITE"
+    assert "ChecksumCRC32" in s3.head_object(Bucket=bucket, Key="put.bin",
+                                             ChecksumMode="ENABLED")
+    m = mount_factory(bucket, "--endpoint-url", proxy.url)
+    for key, data in (("put.bin", put), ("multi.bin", multi), ("small.bin", small),
+                      ("plain.bin", plain)):
+        assert (m.path / key).read_bytes() == data
+    reads = status_doc(m)["reads"]
+    assert reads["verified_objects"] == 4 and reads["verified_by_checksum"] == 2
+    assert reads["verified_bytes"] == 17 * MiB + 100_003 and reads["failed_objects"] == 0
+    m.allowed_errors += ["do not match the object's CRC32 checksum",
+                         "do not match the object's MD5s"]
+    proxy.flip_gets = True
+    for key in ("put.bin", "multi.bin"):
+        r = subprocess.run(["cat", str(m.path / key)], capture_output=True, timeout=60)
+        assert r.returncode == 1 and b"Input/output error" in r.stderr
+    lines = [x for x in m.log().splitlines() if "do not match the object's CRC32" in x]
+    assert len(lines) == 2 and "put.bin" in lines[0] and "multi.bin" in lines[1]
+    assert "-3, COMPOSITE)" in lines[1]
+    # The next pass of a refused object is proven by its MD5: wrong bytes still fail...
+    r = subprocess.run(["cat", str(m.path / "put.bin")], capture_output=True, timeout=60)
+    assert r.returncode == 1
+    assert any("put.bin" in x and "MD5s" in x for x in m.log().splitlines())
+    proxy.flip_gets = False  # ... and right ones pass
+    assert (m.path / "put.bin").read_bytes() == put
+    reads = status_doc(m)["reads"]
+    assert reads["failed_objects"] == 3 and reads["verified_objects"] == 5
+    assert reads["verified_by_checksum"] == 2
+    assert "checksums look wrong" not in m.log()  # one object: taken as wrong bytes
+
+
+async def read_whole(store: Store, key: str, budget: Any, nursery: trio.Nursery) -> bytes:
+    from s3mount.reader import Reader
+    info = await store.head(key)
+    assert info is not None
+    reader = Reader(store, key, info.etag, info.size, budget, nursery, 8 * MiB)
+    out = bytearray()
+    try:
+        while len(out) < info.size:
+            out += await reader.read(len(out), MiB)
+    finally:
+        reader.close()
+    return bytes(out)
+
+
+async def test_moto_composite_checksum_without_its_suffix_is_not_trusted(
+        moto_config: Config, motoserver: Any, nursery: trio.Nursery, tmp_path: Path) -> None:
+    """moto keeps boto3's CRC32 too, but gives a composite value without its `-N` and without
+    its ChecksumType: that shape proves nothing (taken as a whole-object CRC it would refuse
+    right bytes with EIO), so the multipart object falls back to its MD5s, which moto cannot
+    serve either (HEAD partNumber=N answers 412 to the object's ETag): not verified, but
+    read. The PutObject's CRC32 proves its read."""
+    from s3mount.buffers import ReadBudget
+    c = boto3_defaults(motoserver.endpoint_url, motoserver.env())
+    bucket = moto_config.bucket
+    put, multi = os.urandom(2 * MiB), os.urandom(10 * MiB + 3)
+    c.put_object(Bucket=bucket, Key="put.bin", Body=put)
+    upload_file(c, bucket, "multi.bin", multi, tmp_path)
+    store = S3Store(moto_config)
+    info = await store.head("multi.bin", checksum=True)
+    assert info is not None and info.checksum_algorithm == "crc32"
+    # No `-3`, and HEAD does not say COMPOSITE either (GetObjectAttributes does).
+    assert info.checksum_type is None and "-" not in (info.checksum or "-")
+    budget = ReadBudget(64 * MiB)
+    assert await read_whole(store, "put.bin", budget, nursery) == put
+    assert await read_whole(store, "multi.bin", budget, nursery) == multi
+    assert budget.counts["verified_objects"] == 1 and budget.counts["verified_by_checksum"] == 1
+    assert budget.counts["unverified_passes"] == 1 and budget.counts["failed_objects"] == 0
+
+
+class WrongChecksums(FaultyStore):
+    """A server whose kept checksums are all wrong (HEAD with ChecksumMode lies)."""
+
+    async def head(self, key: str, checksum: bool = False) -> Any:
+        info = await self.inner.head(key, checksum)
+        if checksum and info is not None and info.checksum is not None:
+            return dataclasses.replace(info, checksum="AAAAAA==")
+        return info
+
+
+@pytest.mark.expect_log(r"^s3mount\.reader: the checksums this server keeps disagreed with 3 "
+                        r"objects that their ETags \(MD5s\) then proved")
+async def test_wrong_checksums_fall_back_to_md5(config: Config, s3server: SeaweedServer,
+                                                nursery: trio.Nursery,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A checksum that refuses a pass fails it (EIO), and that object's later passes are
+    proven by its MD5; once that proves 3 objects, the server's checksums are taken to be
+    wrong: said once, and reads use the ETags from then on."""
+    from s3mount.buffers import ReadBudget
+    c = boto3_defaults(s3server.endpoint_url, s3server.env())
+    data = {f"k{i}": os.urandom(2 * MiB) for i in range(4)}
+    for key, body in data.items():
+        c.put_object(Bucket=config.bucket, Key=key, Body=body)
+    store = WrongChecksums(S3Store(config))
+    budget = ReadBudget(64 * MiB)
+    for key in ("k0", "k1", "k2"):
+        with pytest.raises(IntegrityError, match="CRC32 checksum"):
+            await read_whole(store, key, budget, nursery)
+        assert budget.prefer_checksums
+        assert await read_whole(store, key, budget, nursery) == data[key]
+    assert not budget.prefer_checksums
+    assert await read_whole(store, "k3", budget, nursery) == data["k3"]
+    assert budget.counts["verified_objects"] == 4 and budget.counts["failed_objects"] == 3
+    assert budget.counts["verified_by_checksum"] == 0
+    assert len([r for r in caplog.records if "checksums look wrong" in r.message]) == 1

@@ -4,7 +4,7 @@ stage, in the same run, on SeaweedFS and on moto's server (`python bench/bigdisk
 
 For each server, two streams of the same length are written through a fresh s3mount mount with
 `--max-memory 24M` (1 MiB writes, as `dd bs=1M`; bytes vary per MiB):
-- "8 MiB stage": the default schedule, so every part is 8 MiB and nothing is copied;
+- "8 MiB stage": every part 8 MiB (`--part-growth-every 10000`), nothing is copied;
 - "big parts": `--part-growth-every 2`, so parts are 8, 8, 16, 16, 32, ... MiB up to two parts
   of `--top` MiB (`--tops 512,4096` by default: a 2 GiB stream; then the 4 GiB case on
   SeaweedFS only, since moto keeps objects in memory: `--part-growth-every 1`, parts of 8, 16,
@@ -184,7 +184,8 @@ def run(kind: str, top_mib: int, growth: int) -> list[Result]:
         n += 1
     mib = sum(sizes) // MiB
     out: list[Result] = []
-    streams = [("8 MiB stage", PartSchedule(), []),
+    # The baseline never grows (10,000 parts of 8 MiB): longer than 7.8 GiB, the default would.
+    streams = [("8 MiB stage", PartSchedule(8 * MiB, 10000), ["--part-growth-every", "10000"]),
                ("big parts", big, ["--part-growth-every", str(growth)])]
     if kind == "seaweed" and top_mib <= 1024:  # (the 4 GiB case: disk for one stream only)
         streams.append(("big parts, crc32c", big,

@@ -98,7 +98,7 @@ async def serve(config: Config, ready: Callable[[], None]) -> None:
         stack.callback(_close_fuse)
         stack.push_async_callback(fs.shutdown)
         log.info("mounted s3://%s/%s on %s", config.bucket, config.prefix, config.mountpoint)
-        nursery.start_soon(_status_socket, config, fs, store, status_path)
+        await nursery.start(_status_socket, config, fs, store, status_path)
         nursery.start_soon(store.watch_stalls)
         if listeners is not None:
             sources = metrics.Sources(fs.uploads, fs.read_budget, store.health, time.monotonic())
@@ -158,17 +158,21 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-async def _status_socket(config: Config, fs: S3Fs, store: S3Store, path: Path) -> None:
-    """Serve `s3mount status`; a mount without it still works."""
+async def _status_socket(config: Config, fs: S3Fs, store: S3Store, path: Path,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `s3mount status`, listening before the mount says it is ready (started); a
+    mount without it still works."""
     errors = status.RecentErrors()
     logging.getLogger().addHandler(errors)
     started = time.monotonic()  # status.snapshot compares it with time.monotonic()
     try:
         await status.serve(path, lambda: status.snapshot(
-            config, fs.uploads, started, errors, fs.read_budget.counts, store.health))
+            config, fs.uploads, started, errors, fs.read_budget.counts, store.health),
+            lambda: task_status.started())
     except OSError as exc:
         log.warning("no status socket at %s (%s): `s3mount status` will not answer", path,
                     exc)
+        task_status.started()
     finally:
         logging.getLogger().removeHandler(errors)
 

@@ -97,8 +97,10 @@ def snapshot(config: Config, uploads: Uploads, started: float, errors: RecentErr
     }
 
 
-async def serve(path: Path, make_doc: Callable[[], dict[str, Any]]) -> None:
-    """Answer each connection on `path` with the current snapshot; runs until cancelled."""
+async def serve(path: Path, make_doc: Callable[[], dict[str, Any]],
+                started: Callable[[], None] = lambda: None) -> None:
+    """Answer each connection on `path` with the current snapshot; runs until cancelled.
+    `started()` is called once the socket is listening."""
     import trio  # lazy: only the mount serves; `s3mount status` does without trio's import
 
     _prepare(path)
@@ -106,6 +108,7 @@ async def serve(path: Path, make_doc: Callable[[], dict[str, Any]]) -> None:
     await sock.bind(str(path))
     os.chmod(path, 0o600)
     sock.listen(8)
+    started()
 
     async def answer(stream: trio.SocketStream) -> None:
         async with stream:

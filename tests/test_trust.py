@@ -561,9 +561,9 @@ async def test_moto_composite_checksum_without_its_suffix_is_not_trusted(
         moto_config: Config, motoserver: Any, nursery: trio.Nursery, tmp_path: Path) -> None:
     """moto keeps boto3's CRC32 too, but gives a composite value without its `-N` and without
     its ChecksumType: that shape proves nothing (taken as a whole-object CRC it would refuse
-    right bytes with EIO), so the multipart object falls back to its MD5s, which moto cannot
-    serve either (HEAD partNumber=N answers 412 to the object's ETag): not verified, but
-    read. The PutObject's CRC32 proves its read."""
+    right bytes with EIO), so the multipart object is proven by its MD5s instead (its part
+    sizes from HEAD partNumber=N, which store.part_size asks again without If-Match when moto
+    answers 412 to the object's ETag). The PutObject's CRC32 proves its read."""
     from s3mount.buffers import ReadBudget
     c = boto3_defaults(motoserver.endpoint_url, motoserver.env())
     bucket = moto_config.bucket
@@ -578,8 +578,8 @@ async def test_moto_composite_checksum_without_its_suffix_is_not_trusted(
     budget = ReadBudget(64 * MiB)
     assert await read_whole(store, "put.bin", budget, nursery) == put
     assert await read_whole(store, "multi.bin", budget, nursery) == multi
-    assert budget.counts["verified_objects"] == 1 and budget.counts["verified_by_checksum"] == 1
-    assert budget.counts["unverified_passes"] == 1 and budget.counts["failed_objects"] == 0
+    assert budget.counts["verified_objects"] == 2 and budget.counts["verified_by_checksum"] == 1
+    assert budget.counts["unverified_passes"] == 0 and budget.counts["failed_objects"] == 0
 
 
 class WrongChecksums(FaultyStore):

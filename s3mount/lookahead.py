@@ -31,7 +31,7 @@ from .keys import join
 
 log = logging.getLogger(__name__)
 
-AHEAD_HEADS = 16  # HEADs at once (at most the store's connections less 4)
+AHEAD_HEADS = 16  # HEADs at once, at most (and at most the store's connections less 4)
 AHEAD_WINDOW = 64  # files fetched ahead and not yet asked for, at most
 AHEAD_DIRS = 4  # directories whose listed names are kept
 AHEAD_NAMES_MAX = 100_000  # names kept for one directory (about 150 bytes each)

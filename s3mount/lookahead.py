@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -48,16 +48,32 @@ class _Dir:
         self.unclaimed: set[str] = set()  # fetched ahead (or under way), not asked for yet
         self.in_flight = 0
         self.start = -1  # where the read ahead began (-1: not begun)
+        self.cursor = 0  # the next place to look at, from `start` on
+        self.back = 0  # the next place to look at before `start`
+        self.held: str | None = None  # taken by a read ahead that stopped before its HEAD
         self.running = False
         self.dropped = False
         self.wake = trio.Event()
         self.touched = time.monotonic()  # when an entry was last listed or asked for
 
-    def order(self) -> Iterator[str]:
-        """The names from where the read ahead began to the end, then the ones before."""
-        n = len(self.names)
-        for i in range(n):
-            yield self.names[(self.start + i) % n]
+    def next_name(self) -> str | None:
+        """The next name to fetch: in listing order from where the read ahead began to the
+        end (which a readdir still under way extends: `ls -l` asks for attributes as it
+        reads), then the ones before; None when none is left for now."""
+        held, self.held = self.held, None
+        if held is not None and held in self.todo:
+            return held
+        while self.cursor < len(self.names):
+            name = self.names[self.cursor]
+            self.cursor += 1
+            if name in self.todo:
+                return name
+        while self.back < self.start:
+            name = self.names[self.back]
+            self.back += 1
+            if name in self.todo:
+                return name
+        return None
 
     def poke(self) -> None:
         self.wake.set()
@@ -131,7 +147,7 @@ class Lookahead:
         d.unclaimed.discard(name)
         if ev is None and name in d.todo:
             if d.start < 0:
-                d.start = d.todo[name]
+                d.start = d.cursor = d.todo[name]
             ev = self._start(d, name, self.nursery)
         if not d.running and d.todo:
             d.running = True
@@ -165,15 +181,14 @@ class Lookahead:
         """Start the HEADs of the listed files in order, `heads` at a time, keeping at most
         AHEAD_WINDOW not asked for; stop when done, dropped, or nothing is asked for a while."""
         try:
-            for name in d.order():
-                if name not in d.todo:
-                    continue  # asked for and fetched already, or changed here
+            while (name := d.next_name()) is not None:
                 while not d.dropped and (d.in_flight >= self.heads
                                          or len(d.unclaimed) >= AHEAD_WINDOW):
                     d.wake = trio.Event()
                     with trio.move_on_after(AHEAD_STALL) as scope:
                         await d.wake.wait()
                     if scope.cancelled_caught and len(d.unclaimed) >= AHEAD_WINDOW:
+                        d.held = name
                         return  # nothing asked for: a glob, or the program stopped
                 if d.dropped:
                     return

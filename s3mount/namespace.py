@@ -32,6 +32,7 @@ from .errors import FsError
 from .etag import EMPTY_MD5
 from .inodes import LISTINGS_MAX, ROOT_INODE, InodeTable, Listing, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
+from .lookahead import AHEAD_HEADS, Lookahead
 from .meta import (
     DEFAULT_CONTENT_TYPE,
     SYMLINK_MODE,
@@ -90,6 +91,10 @@ class Namespace:
         # Starts fetching a file's first read (path, entry) -> started; set by fs.py
         self.first_read: Callable[[str, Entry], bool] | None = None
         self.first_reads: dict[str, Listing] = {}  # by path: started, no open yet
+        # The HEADs of a listed directory's files, started when `ls -l` asks for the first
+        self.ahead = Lookahead(nursery if config.metadata_ttl > 0 else None,
+                               self._fetch_ahead, min(AHEAD_HEADS, config.max_connections - 4),
+                               config.metadata_ttl)
 
     # -- names ------------------------------------------------------------------------------
 
@@ -149,7 +154,14 @@ class Namespace:
         """The node at `path`, from the cache when fresh, else from S3; ENOENT if none."""
         node = self.inodes.cached(path)
         if node is not None and (node.meta is not None or node.kind != "file" or node.writing):
+            self.ahead.claimed(path)
             return node
+        known = self.inodes.by_path.get(path)
+        if (known is not None and known.kind == "file" and known.meta is None
+                and not known.writing and await self._wait_ahead(path)):
+            node = self.inodes.cached(path)
+            if node is not None and node.meta is not None:
+                return node
         if node is not None:  # listed (LIST has no metadata): its HEAD says the rest
             entry = await self._head_file(path)
             if entry is not None:
@@ -190,6 +202,31 @@ class Namespace:
             self.first_reads[path] = listing
             while len(self.first_reads) > LISTINGS_MAX:
                 del self.first_reads[next(iter(self.first_reads))]
+
+    async def _wait_ahead(self, path: str) -> bool:
+        """Wait for the HEAD of `path` read ahead after a readdir (lookahead.py), if one is
+        under way or starts now; False if there is none."""
+        ev = self.ahead.wanted(path)
+        if ev is None:
+            return False
+        await ev.wait()
+        return True
+
+    async def _fetch_ahead(self, path: str) -> None:
+        """Read ahead the metadata of a file a readdir listed (one HEAD), and record it
+        unless this mount changed the name meanwhile or S3 no longer has it (then a lookup
+        sends its own requests)."""
+        node = self.inodes.by_path.get(path)
+        parent = self.inodes.by_path.get(parent_of(path))
+        if (node is None or parent is None or node.kind != "file" or node.meta is not None
+                or node.writing):
+            return
+        writes = parent.writes
+        entry = await self._head_file(path)
+        if (entry is not None and self.inodes.by_path.get(path) is node
+                and self.inodes.by_path.get(parent_of(path)) is parent
+                and parent.writes == writes and not node.writing and node.meta is None):
+            self.inodes.upsert(path, entry)
 
     async def _head_file(self, path: str) -> Entry | None:
         """The file at `path` with its metadata (one HEAD), or None if there is none."""
@@ -249,6 +286,10 @@ class Namespace:
         """Re-read a file's attributes from S3 if they are stale."""
         if node.kind == "file" and not node.detached and not node.writing and (
                 not self.inodes.fresh(node) or node.meta is None):
+            if (node.meta is None and await self._wait_ahead(node.path)
+                    and self.inodes.by_path.get(node.path) is node and node.meta is not None
+                    and self.inodes.fresh(node)):
+                return node
             entry = await self.view.stat(node.path)
             if entry is None:
                 self.inodes.detach(node)
@@ -257,6 +298,8 @@ class Namespace:
                 self.inodes.detach(node)
                 raise FsError(f"{node.path!r} changed kind in S3", errno.ESTALE)
             self.inodes.upsert(node.path, entry)
+        else:
+            self.ahead.claimed(node.path)
         return node
 
     # -- directories ------------------------------------------------------------------------
@@ -289,6 +332,7 @@ class Namespace:
         listing = self.inodes.listings.get(node.path)
         if listing is not None:
             listing.first_reads = False
+        self.ahead.listing(node.path)
         async for name, entry in self.view.children(node.path):
             if name in writing and entry.kind == "file":
                 continue
@@ -297,8 +341,12 @@ class Namespace:
             yield name, Entry("file", wnode.size, wnode.mtime, meta=wnode.meta)
 
     def entry_node(self, dir_node: Node, name: str, entry: Entry) -> Node:
-        """The node of a listed entry (readdir), not yet counted as known to the kernel."""
-        return self.inodes.upsert(join(dir_node.path, name), entry)
+        """The node of a listed entry (readdir), not yet counted as known to the kernel. A
+        file whose metadata is not known is read ahead once `ls -l` asks for attributes."""
+        node = self.inodes.upsert(join(dir_node.path, name), entry)
+        if node.kind == "file" and node.meta is None and not node.writing:
+            self.ahead.listed(dir_node.path, name)
+        return node
 
     async def mkdir(self, parent_ino: int, raw: bytes) -> Node:
         self.check_writable()

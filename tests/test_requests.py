@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,47 @@ def test_first_reads_are_not_started_for_lookups_that_want_attributes(
     assert proxy.counts["GET"] == 1, dict(proxy.counts)  # the first stat's, then no more
     assert (m.path / "d" / "d").read_bytes() == b"d" * 1000  # its GET after its HEAD
     assert proxy.counts["GET"] == 2 and proxy.counts["HEAD"] == 1 + 4, dict(proxy.counts)
+
+
+def test_ls_l_reads_ahead_the_heads_of_a_listed_directory(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """`ls -l` of N files sends at most one HEAD each, at once rather than one after another
+    (once it asks for the first file's attributes after the readdir, the others are read
+    ahead, s3mount/lookahead.py): the longest chain of requests in series is far shorter
+    than N, no lookup lists the directory again, and the modes and times the objects'
+    metadata hold show. `find` (names only) sends no HEAD of an entry."""
+    n = 120
+    modes = {i: stat.S_IFREG | (0o600 if i % 2 else 0o640) for i in range(n)}
+
+    def put_one(i: int) -> None:
+        s3.put_object(Bucket=bucket, Key=f"d/f{i:03d}", Body=b"x" * i,
+                      Metadata={"mode": str(modes[i]), "mtime": str(1_500_000_000 + i)})
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put_one, range(n)))
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
+    proxy.counts.clear()
+    found = subprocess.run(["find", str(m.path / "d")], check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    assert len(found) == n + 1
+    entry_heads = [p for k, p in proxy.log if k == "HEAD" and "/d/" in p]
+    assert entry_heads == [] and proxy.counts["HEAD"] == 1, list(proxy.log)  # (d's lookup)
+
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
+    proxy.counts.clear()
+    proxy.spans.clear()
+    proxy.latency = 0.02
+    out = subprocess.run(["ls", "-l", "--time-style=+%s", str(m.path / "d")], check=True,
+                         capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    proxy.latency = 0
+    lines = out.stdout.splitlines()[1:]
+    assert len(lines) == n
+    for i, line in enumerate(lines):
+        mode, _, _, _, size, mtime, name = line.split()
+        assert (name, mode, int(size), int(mtime)) == (
+            f"f{i:03d}", stat.filemode(modes[i]), i, 1_500_000_000 + i), line
+    counts = {k: v for k, v in proxy.counts.items() if k != "requests"}
+    # d's lookup: a HEAD and a LIST; the readdir: a LIST; then one HEAD per file
+    assert counts == {"HEAD": 1 + n, "LIST": 2}, counts
+    chain = in_series(proxy.spans)
+    assert len(chain) <= n // 4, [(s.kind, s.path) for s in chain]

@@ -33,62 +33,40 @@ except ImportError:  # pragma: no cover - depends on the environment
     _crt = None
 
 
-def _crc32c_digest(data: bytes | memoryview) -> bytes:
-    return int(_crc32c.crc32c(data)).to_bytes(4, "big")
+class _Crc:
+    """A CRC computed piece by piece, with hashlib's update/digest: `step(data, value)` goes on
+    from `value`, and the digest is `width` bytes, big-endian (as S3 sends it)."""
+
+    def __init__(self, step: Callable[[bytes | memoryview, int], int], width: int) -> None:
+        self.step, self.width, self.value = step, width, 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.value = int(self.step(data, self.value))
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(self.width, "big")
+
+
+def _crc(step: Callable[[bytes | memoryview, int], int], width: int
+         ) -> tuple[Callable[[bytes | memoryview], bytes], Callable[[], _Crc]]:
+    """The one-call digest and the piece-by-piece hasher of one CRC."""
+    def hasher() -> _Crc:
+        return _Crc(step, width)
+
+    def digest(data: bytes | memoryview) -> bytes:
+        h = hasher()
+        h.update(data)
+        return h.digest()
+    return digest, hasher
+
+
+def _crc64nvme(data: bytes | memoryview, value: int) -> int:
+    assert _crt is not None
+    return int(_crt.crc64nvme(data, value))
 
 
 def _sha256_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-class _Crc32c:
-    """CRC32C computed piece by piece, with hashlib's update/digest."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.value = _crc32c.crc32c(data, self.value)
-
-    def digest(self) -> bytes:
-        return int(self.value).to_bytes(4, "big")
-
-
-class _Crc32:
-    """CRC32 (zlib's, the one S3 means) piece by piece."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-class _Crc64Nvme:
-    """CRC64NVME piece by piece (awscrt)."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        assert _crt is not None
-        self.value = int(_crt.crc64nvme(data, self.value))
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(8, "big")
-
-
-def _crc32_digest(data: bytes | memoryview) -> bytes:
-    return zlib.crc32(data).to_bytes(4, "big")
-
-
-def _crc64nvme_digest(data: bytes | memoryview) -> bytes:
-    h = _Crc64Nvme()
-    h.update(data)
-    return h.digest()
 
 
 def _sha1_digest(data: bytes | memoryview) -> bytes:
@@ -127,15 +105,15 @@ class Algorithm:
 
 
 ALGORITHMS = {
-    "crc32c": Algorithm("crc32c", "CRC32C", _crc32c_digest, _Crc32c),
+    "crc32c": Algorithm("crc32c", "CRC32C", *_crc(_crc32c.crc32c, 4)),
     "sha256": Algorithm("sha256", "SHA256", _sha256_digest, hashlib.sha256),
 }
 # Every algorithm S3 may keep, cheapest first (what reads are verified with when S3 keeps one).
 KEPT = {
     "crc32c": ALGORITHMS["crc32c"],
-    **({"crc64nvme": Algorithm("crc64nvme", "CRC64NVME", _crc64nvme_digest, _Crc64Nvme)}
+    **({"crc64nvme": Algorithm("crc64nvme", "CRC64NVME", *_crc(_crc64nvme, 8))}
        if _crt is not None else {}),
-    "crc32": Algorithm("crc32", "CRC32", _crc32_digest, _Crc32),
+    "crc32": Algorithm("crc32", "CRC32", *_crc(zlib.crc32, 4)),
     "sha1": Algorithm("sha1", "SHA1", _sha1_digest,
                       lambda: hashlib.sha1(usedforsecurity=False)),
     "sha256": ALGORITHMS["sha256"],

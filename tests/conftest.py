@@ -135,6 +135,18 @@ def moto_config(motoserver: MotoServer, request: pytest.FixtureRequest,
                   max_memory=20 * 1024 * 1024, retries=2, write_deadline=30,
                   credentials=Credentials(MOTO_ACCESS_KEY, MOTO_SECRET_KEY, "moto"))
 
+@pytest.fixture(params=["seaweed", "moto"])
+def target(request: pytest.FixtureRequest) -> Iterator[tuple[SeaweedServer | MotoServer, Any, str]]:
+    """Each test that asks for it runs on SeaweedFS and on moto's server: the server, a boto3
+    client of it, and a fresh bucket on it."""
+    server: SeaweedServer | MotoServer = request.getfixturevalue(
+        "s3server" if request.param == "seaweed" else "motoserver")
+    client = server.client()
+    bucket = f"t{request.param}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    client.create_bucket(Bucket=bucket)
+    yield server, client, bucket
+    client.close()
+
 
 def run_ok(*cmd: str, cwd: Path | None = None, timeout: float = 180,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,6 @@ from tests.seaweed import SeaweedServer
 Server = SeaweedServer | MotoServer
 OLD = 22 * MiB + 12345  # a 5 MiB-part upload of it: 4 parts of 5 MiB, and a short last one
 NEW = 3 * MiB + 777
-
-
-@pytest.fixture(params=["seaweed", "moto"])
-def target(request: pytest.FixtureRequest) -> Iterator[tuple[Server, Any, str]]:
-    """A server, a boto3 client of it, and a fresh bucket on it."""
-    server: Server = request.getfixturevalue("s3server" if request.param == "seaweed"
-                                             else "motoserver")
-    client = server.client()
-    bucket = f"app-{request.param}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-    client.create_bucket(Bucket=bucket)
-    yield server, client, bucket
-    client.close()
 
 
 @pytest.fixture

@@ -27,18 +27,6 @@ COMPRESSED = ("--part-size", "5M", "--part-growth-every", "2")
 Server = SeaweedServer | MotoServer
 
 
-@pytest.fixture(params=["seaweed", "moto"])
-def target(request: pytest.FixtureRequest) -> Iterator[tuple[Server, Any, str]]:
-    """A server, a boto3 client of it, and a fresh bucket on it."""
-    server: Server = request.getfixturevalue("s3server" if request.param == "seaweed"
-                                             else "motoserver")
-    client = server.client()
-    bucket = f"big-{request.param}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-    client.create_bucket(Bucket=bucket)
-    yield server, client, bucket
-    client.close()
-
-
 @pytest.fixture
 def mounts(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     made: list[Mount] = []

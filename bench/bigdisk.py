@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.verify_cost import cpu_seconds  # noqa: E402
 from s3mount.config import GiB, MiB  # noqa: E402
 from s3mount.schedule import PartSchedule  # noqa: E402
 from tests.motoserver import MotoServer  # noqa: E402
@@ -54,12 +55,6 @@ def rss(pid: int, field_name: str = "VmRSS") -> int:
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of process `pid` and its waited-for children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def disk_used(server: Server) -> int:

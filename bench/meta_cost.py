@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bigdisk import cpu_seconds
-from bench.verify_cost import mount, unmount
+from bench.verify_cost import cpu_seconds, mount, unmount
 from tests.seaweed import SeaweedServer
 
 MiB = 1 << 20

@@ -98,6 +98,7 @@ class Config:
     retries: int = 8  # attempts after the first, for retryable failures
     read_deadline: float = 60.0  # a read gives up (EIO) after this long
     write_deadline: float = 600.0  # a part upload gives up after this long
+    sdk_requests: bool = False  # True: boto3 sends every request (no lean path, wire.py)
     max_connections: int = 16
     stall_warning: float = 5.0  # a request unanswered this long is logged (once) as a stall
     metrics: str | None = None  # HOST:PORT serving Prometheus metrics (metrics.py), or None

@@ -194,3 +194,6 @@ def _s3(t: _Text, h: Health) -> None:
           h.stalls)
     t.one("s3mount_s3_last_success_timestamp_seconds", "gauge",
           "Unix time of the last S3 request answered (0: none yet).", h.last_success or 0)
+    t.one("s3mount_s3_lean_requests_total", "counter",
+          "Requests (tries) sent by s3mount's own signer rather than boto3 (0 when off).",
+          snap["lean_requests"] or 0)

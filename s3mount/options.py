@@ -130,6 +130,10 @@ def mount_parser() -> Parser:
     s3.add_argument("--profile", default=d("profile"),
                     help="profile in ~/.aws/config and ~/.aws/credentials")
     s3.add_argument("--prefix", help="mount only keys under this prefix")
+    s3.add_argument("--sdk-requests", action="store_true", default=d("sdk_requests"),
+                    help="send every request through boto3 (by default HEAD, GET and small "
+                    "PUTs of objects go out signed by s3mount itself, at a tenth of boto3's "
+                    "CPU); for S3 services that answer those in ways s3mount does not expect")
     fs = p.add_argument_group("file system")
     fs.add_argument("--read-only", action="store_true", default=d("read_only"),
                     help="refuse every change (EROFS)")
@@ -242,7 +246,8 @@ def build_config(ns: argparse.Namespace) -> Config:
         metrics=ns.metrics, rename_max_keys=ns.rename_max_keys,
         abort_stale_uploads=ns.abort_stale_uploads,
         read_ahead_max=ns.read_ahead, read_memory=ns.read_memory, retries=ns.retries,
-        read_deadline=ns.read_deadline, write_deadline=ns.write_deadline)
+        read_deadline=ns.read_deadline, write_deadline=ns.write_deadline,
+        sdk_requests=ns.sdk_requests)
 
 
 def _check_numbers(ns: argparse.Namespace) -> None:

@@ -57,6 +57,7 @@ from .objects import (
     Started,
     UploadInfo,
 )
+from .wire import Unsupported, Wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,6 +130,22 @@ def _returned_checksum(r: dict[str, Any], checksum: Extra | None) -> str | None:
         return None
     got = r.get(checksum[0].field)
     return str(got) if got else None
+
+
+def _lean_put_headers(md5: bytes, checksum: Extra | None, meta: Meta | None,
+                      content_type: str | None) -> dict[str, str] | None:
+    """A PutObject's headers for the lean path (wire.py), or None where only boto3 knows
+    how to send them (values that are not plain ASCII)."""
+    headers = {"content-md5": _b64(md5)}
+    if content_type:
+        headers["content-type"] = content_type
+    if checksum is not None:
+        headers[f"x-amz-checksum-{checksum[0].s3_name.lower()}"] = checksum[1]
+    for k, v in (meta or {}).items():
+        headers[f"x-amz-meta-{k.lower()}"] = v
+    if not all(v.isascii() and v.isprintable() and k.isascii() for k, v in headers.items()):
+        return None
+    return headers
 
 
 def _b64(digest: bytes) -> str:
@@ -271,6 +288,8 @@ class Health:
         self.loud = False  # the current episode was warned about
         self.episode_requests = 0  # requests in trouble in the current episode
         self.last_episode_end = -float("inf")  # time.monotonic()
+        # Requests sent by the lean path (wire.py) so far; None while boto3 sends all.
+        self.lean_requests: Callable[[], int | None] = lambda: None
 
     def begin(self, what: str) -> Pending:
         p = Pending(what.partition(" ")[0], what, time.monotonic())
@@ -340,7 +359,7 @@ class Health:
                         for p in waiting if p.warned],
             "stalls": self.stalls,
             "answered": dict(self.answered), "retries": dict(self.retries),
-            "errors": dict(self.errors),
+            "errors": dict(self.errors), "lean_requests": self.lean_requests(),
             "last_success_s_ago": None if self.last_success is None else
             round(time.time() - self.last_success, 1),
         }
@@ -368,6 +387,19 @@ class S3Store:
         self.limiter = trio.CapacityLimiter(config.max_connections)
         self.client = client if client is not None else make_client(config)
         self.health = Health(config.stall_warning)
+        # HEAD, GET and small PUTs go the lean way (wire.py) unless told not to, or given a
+        # client of the caller's (tests), whose requests must all go through it.
+        self.wire = None if client is not None or config.sdk_requests else Wire.for_client(
+            self.client, config.bucket, config.connect_timeout, config.request_timeout,
+            parse_timestamp)
+        self.health.lean_requests = lambda: None if self.wire is None else self.wire.sent
+
+    def _lean_off(self, why: BaseException) -> None:
+        """An answer the lean path does not handle: boto3 sends every request from now on."""
+        if self.wire is not None:
+            self.wire = None
+            log.info("S3 answered in a way s3mount's lean requests do not handle (%s): every "
+                     "request goes through boto3 from now on", why)
 
     async def watch_stalls(self) -> None:
         """Runs for the mount's life: warns about requests S3 leaves unanswered."""
@@ -436,6 +468,11 @@ class S3Store:
         args = {"ChecksumMode": "ENABLED"} if checksum else {}
 
         def call() -> dict[str, Any]:
+            if (wire := self.wire) is not None:
+                try:
+                    return wire.head_object(key, checksum)
+                except Unsupported as exc:
+                    self._lean_off(exc)
             return self.client.head_object(Bucket=self.bucket, Key=key, **args)  # type: ignore[no-any-return]
         try:
             r = await self._read_call(f"HEAD {key}", call)
@@ -478,15 +515,13 @@ class S3Store:
 
         def call() -> None:
             try:
-                r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
-                                           Range=f"bytes={start}-{end - 1}")
+                got, content_range = self._get_into(key, start, into, etag)
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
                     raise short(f"has no byte at offset {start}") from None
                 raise
-            got = _read_body_into(r["Body"], into)
             if got != end - start:
-                total = _range_total(r.get("ContentRange"))
+                total = _range_total(content_range)
                 if total is not None and total < end:  # not a cut connection: S3 has no more
                     raise short(f"holds {total}")
                 raise botocore.exceptions.IncompleteReadError(
@@ -500,12 +535,34 @@ class S3Store:
             raise PreconditionFailed(f"{what}: the object was deleted while the file was "
                                      "open; bytes not yet read cannot be read") from None
 
+    def _get_into(self, key: str, start: int, into: memoryview,
+                  etag: str) -> tuple[int, str | None]:
+        """One ranged GET pinned to `etag` into `into`: the body's length, its Content-Range."""
+        if (wire := self.wire) is not None:
+            try:
+                return wire.get_object_into(key, start, into, etag)
+            except Unsupported as exc:
+                self._lean_off(exc)
+        r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
+                                   Range=f"bytes={start}-{start + len(into) - 1}")
+        return _read_body_into(r["Body"], into), r.get("ContentRange")
+
     async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
                   meta: Meta | None = None, content_type: str | None = None) -> Sent:
         """PutObject; `meta` is user metadata (keys without `x-amz-meta-`)."""
         extra = {**_extra_args(checksum), **_object_args(meta, content_type)}
-        r = await self._write_call(f"PUT {key}", lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5), **extra))
+        lean = _lean_put_headers(md5, checksum, meta, content_type)
+
+        def call() -> dict[str, Any]:
+            sent = _rewound(body)
+            if (wire := self.wire) is not None and lean is not None and isinstance(sent, bytes):
+                try:
+                    return wire.put_object(key, sent, lean)
+                except Unsupported as exc:
+                    self._lean_off(exc)
+            return self.client.put_object(  # type: ignore[no-any-return]
+                Bucket=self.bucket, Key=key, Body=sent, ContentMD5=_b64(md5), **extra)
+        r = await self._write_call(f"PUT {key}", call)
         return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 

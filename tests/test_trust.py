@@ -342,6 +342,8 @@ def test_metrics_move_while_writing_and_reading(mount_factory: Callable[..., Mou
     assert read['s3mount_s3_requests_total{kind="GET"}'] > after.get(
         's3mount_s3_requests_total{kind="GET"}', 0)
     assert read["s3mount_s3_last_success_timestamp_seconds"] > time.time() - 60
+    # The GETs and the small PUT went out through the lean path (wire.py).
+    assert read["s3mount_s3_lean_requests_total"] >= read['s3mount_s3_requests_total{kind="GET"}']
 
 
 def test_multipart_full_read_verified_with_part_sizes_from_s3(

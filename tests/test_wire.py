@@ -1,0 +1,139 @@
+"""The lean request path (s3mount/wire.py) against boto3 on SeaweedFS and moto's server: the
+same answers for the same objects, keys that need encoding, kept connections the server
+closed, and when boto3 sends everything instead. The store's contract tests
+(test_store_contract.py) run through it too: S3Store uses it by default."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+from dataclasses import replace
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from s3mount.config import Config
+from s3mount.store import S3Store
+from s3mount.wire import Wire
+
+KEYS = ["plain", "a b/c+d", "ünï/cödé~", "odd%20name", "dir//twice", "q?x=1&y#z", "*(x)!'"]
+
+
+@pytest.fixture(params=["seaweed", "moto"])
+def store(request: pytest.FixtureRequest) -> Any:
+    config: Config = request.getfixturevalue("config" if request.param == "seaweed"
+                                             else "moto_config")
+    store = S3Store(config)
+    store.server = request.param  # type: ignore[attr-defined]
+    return store
+
+
+def _wire(store: S3Store) -> Wire:
+    assert store.wire is not None, "the lean path is on by default"
+    return store.wire
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+FIELDS = ("ContentLength", "ETag", "LastModified", "ContentType", "Metadata")
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_head_get_and_put_answer_as_boto3_does(store: S3Store, key: str) -> None:
+    wire, client = _wire(store), store.client
+    body = bytes(range(256)) * 40
+    r = wire.put_object(key, body, {"content-md5": _md5(body), "content-type": "text/x-test",
+                                    "x-amz-meta-mode": "33188", "x-amz-meta-mtime": "17.5"})
+    got = client.get_object(Bucket=store.bucket, Key=key)
+    assert got["Body"].read() == body
+    assert r["ETag"] == got["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    lean = wire.head_object(key)
+    sdk = client.head_object(Bucket=store.bucket, Key=key)
+    assert {f: lean.get(f) for f in FIELDS} == {f: sdk.get(f) for f in FIELDS}
+    assert lean["Metadata"] == {"mode": "33188", "mtime": "17.5"}
+    into = bytearray(1000)
+    n, content_range = wire.get_object_into(key, 100, memoryview(into), lean["ETag"][1:-1])
+    assert (n, content_range) == (1000, f"bytes 100-1099/{len(body)}")
+    assert bytes(into) == body[100:1100]
+
+
+def test_checksums_come_back_as_boto3_names_them(store: S3Store) -> None:
+    wire, client = _wire(store), store.client
+    client.put_object(Bucket=store.bucket, Key="summed", Body=b"x" * 1000,
+                      ChecksumAlgorithm="CRC32")
+    sdk = client.head_object(Bucket=store.bucket, Key="summed", ChecksumMode="ENABLED")
+    lean = wire.head_object("summed", checksum=True)
+    assert lean["ChecksumCRC32"] == sdk["ChecksumCRC32"]
+    assert lean.get("ChecksumType") == sdk.get("ChecksumType")
+
+
+def test_errors_are_boto3_client_errors_with_code_and_status(store: S3Store) -> None:
+    wire = _wire(store)
+    wire.put_object("k", b"abc", {"content-md5": _md5(b"abc")})
+    etag = wire.head_object("k")["ETag"][1:-1]
+    cases: list[tuple[Any, int]] = [
+        (lambda: wire.head_object("missing"), 404),
+        (lambda: wire.get_object_into("missing", 0, memoryview(bytearray(3)), etag), 404),
+        (lambda: wire.get_object_into("k", 0, memoryview(bytearray(3)), "0" * 32), 412),
+        (lambda: wire.get_object_into("k", 10, memoryview(bytearray(3)), etag), 416),
+    ]
+    if store.server != "moto":  # type: ignore[attr-defined]  # moto ignores Content-MD5
+        cases.append((lambda: wire.put_object("bad", b"abc", {"content-md5": _md5(b"abd")}),
+                      400))
+    for call, status in cases:
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call()
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    # After each error the connection is still usable (its body was read to the end).
+    assert wire.head_object("k")["ContentLength"] == 3
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_once(store: S3Store) -> None:
+    wire = _wire(store)
+    wire.put_object("k", b"abc", {"content-md5": _md5(b"abc")})
+    if store.server == "moto":  # type: ignore[attr-defined]
+        assert wire.pool == []  # moto's server says Connection: close: none is kept
+        return
+    assert len(wire.pool) == 1
+    wire.pool[0].sock.shutdown(socket.SHUT_RDWR)  # as a server's idle timeout would
+    assert wire.head_object("k")["ContentLength"] == 3
+    assert len(wire.pool) == 1
+
+
+def test_a_range_past_the_end_reports_what_came_and_the_size(store: S3Store) -> None:
+    """The store calls a short answer a size mismatch from these two figures."""
+    wire = _wire(store)
+    body = b"0123456789" * 100
+    wire.put_object("whole", body, {"content-md5": _md5(body)})
+    into = bytearray(20)
+    n, content_range = wire.get_object_into("whole", 990, memoryview(into),
+                                            hashlib.md5(body).hexdigest())
+    assert n == 10 and bytes(into[:10]) == body[990:]
+    assert content_range == "bytes 990-999/1000"
+    assert wire.head_object("whole")["ContentLength"] == 1000
+
+
+def test_sdk_requests_and_proxies_send_everything_through_boto3(
+        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert S3Store(config).wire is not None
+    assert S3Store(replace(config, sdk_requests=True)).wire is None
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert S3Store(config).wire is None
+
+
+async def test_the_store_gets_and_puts_through_the_lean_path(config: Config) -> None:
+    """S3Store's own HEAD, GET and small PUT go the lean way."""
+    store = S3Store(config)
+    body = b"lean" * 100
+    await store.put("via-store", body, hashlib.md5(body).digest())
+    info = await store.head("via-store")
+    assert info is not None and info.size == len(body)
+    into = bytearray(len(body))
+    await store.get_range("via-store", 0, memoryview(into), info.etag)
+    assert bytes(into) == body
+    assert _wire(store).sent == 3

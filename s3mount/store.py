@@ -492,8 +492,14 @@ class S3Store:
             args["Delimiter"] = delimiter
         if token:
             args["ContinuationToken"] = token
-        r = await self._read_call(f"LIST {prefix!r}",
-                                  lambda: self.client.list_objects_v2(**args))
+        def call() -> dict[str, Any]:
+            if (wire := self.wire) is not None:
+                try:
+                    return wire.list_objects_v2(prefix, delimiter, token, max_keys)
+                except Unsupported as exc:
+                    self._lean_off(exc)
+            return self.client.list_objects_v2(**args)  # type: ignore[no-any-return]
+        r = await self._read_call(f"LIST {prefix!r}", call)
         objects = [ObjectInfo(o["Key"], int(o["Size"]), o["LastModified"].timestamp(),
                               normalize_etag(o.get("ETag", ""))) for o in r.get("Contents", [])]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]

@@ -1,4 +1,4 @@
-"""A lean path for the requests a mount sends most: HEAD object, ranged GET, small PutObject.
+"""A lean path for the requests a mount sends most: HEAD, ranged GET, small PUT, LIST pages.
 
 boto3 spends about 2 ms of CPU on each request before and after the network (its event hooks,
 endpoint rules, parameter checks, signing, an email-parser for the headers): on `ls -l` of a
@@ -35,6 +35,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any, cast
+from xml.etree import ElementTree
 
 import botocore.exceptions
 
@@ -79,10 +80,12 @@ class _Connection:
 
 
 class Response:
-    """Status, headers (names lower-cased) and the raw `x-amz-meta-*` names of one answer."""
+    """Status, headers (names lower-cased), the raw `x-amz-meta-*` names and the body of one
+    answer."""
 
     def __init__(self, status: int, headers: dict[str, str], meta: dict[str, str]) -> None:
         self.status, self.headers, self.meta = status, headers, meta
+        self.body = b""  # the body of a success not read into the caller's buffer
 
 
 class Wire:
@@ -158,6 +161,40 @@ class Wire:
         r = self._request("PUT", key, headers, body, None)
         return self._object_fields(r, "PutObject")
 
+    def list_objects_v2(self, prefix: str, delimiter: str | None, token: str | None,
+                        max_keys: int) -> dict[str, Any]:
+        """One page of ListObjectsV2, as boto3 answers it: `Contents` (Key, Size,
+        LastModified, ETag), `CommonPrefixes`, `IsTruncated`, `NextContinuationToken`. Keys
+        are asked URL-encoded (as boto3 does: XML cannot carry every byte a key may hold)."""
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys),
+                 "encoding-type": "url"}
+        if delimiter:
+            query["delimiter"] = delimiter
+        if token:
+            query["continuation-token"] = token
+        return self._listing(self._request("GET", None, {}, None, None, query).body)
+
+    def _listing(self, xml: bytes) -> dict[str, Any]:
+        root = ElementTree.fromstring(xml)
+        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        encoded = root.findtext(ns + "EncodingType") == "url"
+
+        def name(text: str | None) -> str:
+            return urllib.parse.unquote(text or "") if encoded else text or ""
+        contents = [{"Key": name(c.findtext(ns + "Key")),
+                     "Size": int(c.findtext(ns + "Size") or 0),
+                     "LastModified": self.parse_time(c.findtext(ns + "LastModified") or ""),
+                     "ETag": c.findtext(ns + "ETag") or ""}
+                    for c in root.iterfind(ns + "Contents")]
+        prefixes = [{"Prefix": name(p.findtext(ns + "Prefix"))}
+                    for p in root.iterfind(ns + "CommonPrefixes")]
+        out: dict[str, Any] = {"Contents": contents, "CommonPrefixes": prefixes,
+                               "IsTruncated": root.findtext(ns + "IsTruncated") == "true"}
+        token = root.findtext(ns + "NextContinuationToken")
+        if token:
+            out["NextContinuationToken"] = token
+        return out
+
     def _object_fields(self, r: Response, op: str) -> dict[str, Any]:
         h = r.headers
         out: dict[str, Any] = {"ETag": h.get("etag", ""), "Metadata": r.meta}
@@ -182,11 +219,17 @@ class Wire:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _request(self, method: str, key: str, headers: dict[str, str], body: bytes | None,
-                 into: tuple[memoryview, list[int]] | None) -> Response:
-        path = self.path + "/" + urllib.parse.quote(key, safe=_SAFE)
-        signed = self._sign(method, path, headers, body)
-        head = [f"{method} {path} HTTP/1.1\r\n"]
+    def _request(self, method: str, key: str | None, headers: dict[str, str],
+                 body: bytes | None, into: tuple[memoryview, list[int]] | None,
+                 query: dict[str, str] | None = None) -> Response:
+        """One request for `key` (None: the bucket) with `query` parameters."""
+        path = (self.path + "/" + urllib.parse.quote(key, safe=_SAFE) if key is not None
+                else self.path or "/")
+        qs = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+                      for k, v in sorted((query or {}).items()))
+        signed = self._sign(method, path, qs, headers, body)
+        target = f"{path}?{qs}" if qs else path
+        head = [f"{method} {target} HTTP/1.1\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in signed.items()]
         head.append("\r\n")
         message = "".join(head).encode("latin-1") + (body or b"")
@@ -256,12 +299,13 @@ class Wire:
                 meta[name[len(META):]] = value
         has_body = method != "HEAD" and status not in (204, 304) and status >= 200
         if 200 <= status < 300:
+            r = Response(status, headers, meta)
             if has_body:
                 if into is not None:
                     self._read_into(conn, headers, into)
                 else:
-                    self._drain(conn, headers)
-            return Response(status, headers, meta)
+                    r.body = self._drain(conn, headers)
+            return r
         text = self._drain(conn, headers) if has_body else b""
         if status in (301, 302, 307, 308) or (status == 400 and b"AuthorizationHeaderMalformed"
                                                in text):
@@ -328,7 +372,7 @@ class Wire:
         value = headers.get("content-length")
         return int(value) if value is not None and value.isdigit() else None
 
-    def _sign(self, method: str, path: str, headers: dict[str, str],
+    def _sign(self, method: str, path: str, qs: str, headers: dict[str, str],
               body: bytes | None) -> dict[str, str]:
         """The request's headers with SigV4's: every header sent is signed."""
         creds = self.credentials.get_frozen_credentials()
@@ -345,7 +389,7 @@ class Wire:
             out["x-amz-security-token"] = creds.token
         names = sorted(out)
         signed_names = ";".join(names)
-        canonical = "\n".join([method, path, "", *(f"{n}:{out[n]}" for n in names), "",
+        canonical = "\n".join([method, path, qs, *(f"{n}:{out[n]}" for n in names), "",
                                signed_names, out["x-amz-content-sha256"]])
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,

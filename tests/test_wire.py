@@ -137,3 +137,33 @@ async def test_the_store_gets_and_puts_through_the_lean_path(config: Config) -> 
     await store.get_range("via-store", 0, memoryview(into), info.etag)
     assert bytes(into) == body
     assert _wire(store).sent == 3
+
+
+LISTED = ("Key", "Size", "LastModified", "ETag")
+
+
+def test_listing_pages_answer_as_boto3_does(store: S3Store) -> None:
+    """Keys that need encoding, common prefixes and continuation, page by page."""
+    wire, client = _wire(store), store.client
+    for key in [*KEYS, "sub/one", "sub/two", "sub/deeper/three"]:
+        client.put_object(Bucket=store.bucket, Key=key, Body=key.encode())
+    for prefix, delimiter in (("", "/"), ("", None), ("sub/", "/")):
+        lean_pages, sdk_pages = [], []
+        token = None
+        while True:
+            page = wire.list_objects_v2(prefix, delimiter, token, 2)
+            lean_pages.append(page)
+            token = page.get("NextContinuationToken")
+            if not page["IsTruncated"]:
+                break
+        args: dict[str, Any] = {"Bucket": store.bucket, "Prefix": prefix, "MaxKeys": 2}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        for page in client.get_paginator("list_objects_v2").paginate(**args):
+            sdk_pages.append(page)
+        assert [[{f: o[f] for f in LISTED} for o in p["Contents"]] for p in lean_pages] == [
+            [{f: o[f] for f in LISTED} for o in p.get("Contents", [])] for p in sdk_pages]
+        assert [p["CommonPrefixes"] for p in lean_pages] == [
+            p.get("CommonPrefixes", []) for p in sdk_pages]
+    listed = [o["Key"] for p in lean_pages for o in p["Contents"]]
+    assert listed == ["sub/one", "sub/two"]

@@ -132,6 +132,15 @@ def _returned_checksum(r: dict[str, Any], checksum: Extra | None) -> str | None:
     return str(got) if got else None
 
 
+def _body_view(body: Body) -> memoryview | None:
+    """The bytes of a body in memory, to be sent from where they are (wire.py), or None for
+    a body only readable as a file."""
+    if isinstance(body, bytes | bytearray):
+        return memoryview(body)
+    getbuffer = getattr(body, "getbuffer", None)
+    return None if getbuffer is None else memoryview(getbuffer())
+
+
 def _lean_put_headers(md5: bytes, checksum: Extra | None, meta: Meta | None,
                       content_type: str | None) -> dict[str, str] | None:
     """A PutObject's headers for the lean path (wire.py), or None where only boto3 knows
@@ -560,14 +569,15 @@ class S3Store:
         lean = _lean_put_headers(md5, checksum, meta, content_type)
 
         def call() -> dict[str, Any]:
-            sent = _rewound(body)
-            if (wire := self.wire) is not None and lean is not None and isinstance(sent, bytes):
+            if (wire := self.wire) is not None and lean is not None and (
+                    view := _body_view(body)) is not None:
                 try:
-                    return wire.put_object(key, sent, lean)
+                    return wire.put_object(key, view, lean)
                 except Unsupported as exc:
                     self._lean_off(exc)
             return self.client.put_object(  # type: ignore[no-any-return]
-                Bucket=self.bucket, Key=key, Body=sent, ContentMD5=_b64(md5), **extra)
+                Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5),
+                **extra)
         r = await self._write_call(f"PUT {key}", call)
         return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
@@ -588,9 +598,19 @@ class S3Store:
     async def upload_part(self, key: str, upload_id: str, number: int,
                           body: Body, md5: bytes, checksum: Extra | None = None) -> Sent:
         extra = _extra_args(checksum)
-        r = await self._write_call(f"PART {number} of {key}", lambda: self.client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-            Body=_rewound(body), ContentMD5=_b64(md5), **extra))
+        lean = _lean_put_headers(md5, checksum, None, None)
+
+        def call() -> dict[str, Any]:
+            if (wire := self.wire) is not None and lean is not None and (
+                    view := _body_view(body)) is not None:
+                try:
+                    return wire.upload_part(key, upload_id, number, view, lean)
+                except Unsupported as exc:
+                    self._lean_off(exc)
+            return self.client.upload_part(  # type: ignore[no-any-return]
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=_rewound(body), ContentMD5=_b64(md5), **extra)
+        r = await self._write_call(f"PART {number} of {key}", call)
         return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 

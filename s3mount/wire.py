@@ -1,11 +1,13 @@
-"""A lean path for the requests a mount sends most: HEAD, ranged GET, small PUT, LIST pages.
+"""A lean path for the requests a mount sends most: HEAD, ranged GET, PUT, UploadPart, LIST.
 
 boto3 spends about 2 ms of CPU on each request before and after the network (its event hooks,
 endpoint rules, parameter checks, signing, an email-parser for the headers): on `ls -l` of a
 directory, one HEAD per file, and on `cp -r` of small files, one PUT per file, that is most of
-the mount's CPU. This module sends those three requests itself: SigV4-signed (the signing key
+the mount's CPU. This module sends those requests itself: SigV4-signed (the signing key
 is kept for the day), over keep-alive HTTP/1.1 connections of its own, the headers parsed by
-hand, a GET body read straight into the caller's buffer. It returns what boto3 would (the same
+hand, a GET body read straight into the caller's buffer, a part sent from its own buffer
+after the server's `100 Continue` (a refusal then arrives as an answer, not as a reset). It
+returns what boto3 would (the same
 keys: `ContentLength`, `ETag`, `Metadata`, ...) and raises what boto3 would
 (`botocore.exceptions.ClientError` with the error code and HTTP status, or a `ConnectionError`
 / `TimeoutError` for the network), so store.py maps both the same way whichever path a request
@@ -13,11 +15,10 @@ took. store.py is its only user: every request to S3 still goes out from there.
 
 Where the endpoint and addressing style come from: the URL boto3 itself presigns for a HEAD of
 a key of the bucket, so the two paths address the same host the same way; the region is the
-client's. The lean path
-is not used (boto3 sends everything) when boto3 is configured in ways it does not follow: a
-proxy, a signature other than SigV4, or `--sdk-requests`. An answer it does not expect (a
-redirect to another region, a status without a body it knows) goes back to boto3, which knows
-what to do with it.
+client's. The lean path is not used (boto3 sends everything) when boto3 is configured in ways it
+does not follow: a proxy, a signature other than SigV4, transfer acceleration, or
+`--sdk-requests`. An answer it does not expect (a redirect to another region) turns it off
+for the mount's life: boto3 knows what to do with those.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hmac
 import io
 import logging
 import re
+import select
 import socket
 import ssl
 import threading
@@ -47,6 +49,9 @@ _SAFE = "-_.~/"  # unreserved characters and the path separator: not percent-enc
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 META = "x-amz-meta-"
+SMALL_BODY = 1024 * 1024  # larger bodies wait for 100 Continue before they are sent
+SEND_BLOCK = 1024 * 1024  # bytes per sendall of a large body
+CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
 
 
 class Unsupported(Exception):
@@ -86,6 +91,8 @@ class Response:
     def __init__(self, status: int, headers: dict[str, str], meta: dict[str, str]) -> None:
         self.status, self.headers, self.meta = status, headers, meta
         self.body = b""  # the body of a success not read into the caller's buffer
+        self.unsent = False  # answered before the request's body was sent
+        self.error: Exception | None = None  # S3's error, as boto3 raises it
 
 
 class Wire:
@@ -156,10 +163,18 @@ class Wire:
         r = self._request("GET", key, headers, None, (into, got))
         return got[0], r.headers.get("content-range")
 
-    def put_object(self, key: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    def put_object(self, key: str, body: bytes | memoryview,
+                   headers: dict[str, str]) -> dict[str, Any]:
         """PutObject of a body in memory; `headers` as sent (content-md5, x-amz-meta-*, ...)."""
         r = self._request("PUT", key, headers, body, None)
         return self._object_fields(r, "PutObject")
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: memoryview,
+                    headers: dict[str, str]) -> dict[str, Any]:
+        """UploadPart of a body in memory, sent from its buffer; `headers` as put_object's."""
+        r = self._request("PUT", key, headers, body, None,
+                          {"partNumber": str(number), "uploadId": upload_id})
+        return self._object_fields(r, "UploadPart")
 
     def list_objects_v2(self, prefix: str, delimiter: str | None, token: str | None,
                         max_keys: int) -> dict[str, Any]:
@@ -220,26 +235,34 @@ class Wire:
     # -- plumbing ------------------------------------------------------------------------
 
     def _request(self, method: str, key: str | None, headers: dict[str, str],
-                 body: bytes | None, into: tuple[memoryview, list[int]] | None,
+                 body: bytes | memoryview | None, into: tuple[memoryview, list[int]] | None,
                  query: dict[str, str] | None = None) -> Response:
-        """One request for `key` (None: the bucket) with `query` parameters."""
+        """One request for `key` (None: the bucket) with `query` parameters. A body larger
+        than SMALL_BODY waits for the server's `100 Continue` before it is sent, so that a
+        refusal (a wrong signature, a missing upload) is read as such, not as a reset."""
         path = (self.path + "/" + urllib.parse.quote(key, safe=_SAFE) if key is not None
                 else self.path or "/")
         qs = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
                       for k, v in sorted((query or {}).items()))
+        expect = body is not None and len(body) > SMALL_BODY
         signed = self._sign(method, path, qs, headers, body)
+        if expect:  # not signed (nor by boto3): a proxy may drop it
+            signed["expect"] = "100-continue"
         target = f"{path}?{qs}" if qs else path
         head = [f"{method} {target} HTTP/1.1\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in signed.items()]
         head.append("\r\n")
-        message = "".join(head).encode("latin-1") + (body or b"")
+        message = "".join(head).encode("latin-1")
+        if body is not None and not expect:
+            message += body
         self.sent += 1
         for fresh in (False, True):
             conn: _Connection | None = None
             try:
                 conn = self._connection(fresh)
                 conn.sock.sendall(message)
-                r = self._response(conn, method, into)
+                line = self._send_after_continue(conn, body) if expect else None
+                r = self._response(conn, method, into, line)
             except (ConnectionResetError, BrokenPipeError, _Closed) as exc:
                 reused = conn is not None and conn.used
                 if conn is not None:
@@ -258,13 +281,34 @@ class Wire:
                     conn.close()
                 raise
             conn.used = True
-            if r.headers.get("connection", "").lower() == "close":
+            if r.headers.get("connection", "").lower() == "close" or r.unsent:
                 conn.close()
-            else:
+            else:  # an error's body was read to its end: the connection serves again
                 with self.lock:
                     self.pool.append(conn)
+            if r.error is not None:
+                raise r.error
             return r
         raise AssertionError("unreachable")
+
+    def _send_after_continue(self, conn: _Connection, body: bytes | memoryview | None
+                             ) -> bytes | None:
+        """Wait (at most CONTINUE_WAIT) for the server's go-ahead, then send `body` in
+        SEND_BLOCK blocks (each sendall's timeout covers one block). Returns the status line
+        of a final answer that came instead of `100 Continue` (the body unsent), else None."""
+        assert body is not None
+        if select.select([conn.sock], [], [], CONTINUE_WAIT)[0]:
+            line = conn.rfile.readline(65537)
+            if not line:
+                raise _Closed("closed before an answer")
+            if b" 100 " not in line[:13] and not line.rstrip().endswith(b" 100"):
+                return line  # refused before the body: the answer says why
+            while conn.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass
+        view = memoryview(body).cast("B")
+        for at in range(0, len(view), SEND_BLOCK):
+            conn.sock.sendall(view[at:at + SEND_BLOCK])
+        return None
 
     def _connection(self, fresh: bool) -> _Connection:
         if not fresh:
@@ -274,15 +318,27 @@ class Wire:
         return _Connection(self.host, self.port, self.tls, self.connect_timeout, self.timeout)
 
     def _response(self, conn: _Connection, method: str,
-                  into: tuple[memoryview, list[int]] | None) -> Response:
+                  into: tuple[memoryview, list[int]] | None,
+                  line: bytes | None = None) -> Response:
+        """Read one answer; `line` is its status line when already read (the body of the
+        request then was not sent: the connection is not reused)."""
+        unsent = line is not None
         rfile = conn.rfile
-        line = rfile.readline(65537)
-        if not line:
-            raise _Closed("closed before an answer")
-        try:
-            status = int(line.split(None, 2)[1])
-        except (IndexError, ValueError):
-            raise ConnectionError(f"not an HTTP answer: {line[:80]!r}") from None
+        while True:
+            if line is None:
+                line = rfile.readline(65537)
+            if not line:
+                raise _Closed("closed before an answer")
+            try:
+                status = int(line.split(None, 2)[1])
+            except (IndexError, ValueError):
+                raise ConnectionError(f"not an HTTP answer: {line[:80]!r}") from None
+            if status >= 200:
+                break
+            # An interim answer (a 100 Continue that came late, after the body): skip it.
+            while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass
+            line, unsent = None, False
         headers: dict[str, str] = {}
         meta: dict[str, str] = {}
         while True:
@@ -298,7 +354,7 @@ class Wire:
             if low.startswith(META):
                 meta[name[len(META):]] = value
         has_body = method != "HEAD" and status not in (204, 304) and status >= 200
-        if 200 <= status < 300:
+        if 200 <= status < 300 and not unsent:
             r = Response(status, headers, meta)
             if has_body:
                 if into is not None:
@@ -315,7 +371,10 @@ class Wire:
         error = {"Code": code.group(1).decode("utf-8", "replace") if code else str(status),
                  "Message": message.group(1).decode("utf-8", "replace") if message else ""}
         answer: Any = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
-        raise botocore.exceptions.ClientError(answer, method)
+        r = Response(status, headers, meta)
+        r.unsent = unsent
+        r.error = botocore.exceptions.ClientError(answer, method)
+        return r
 
     def _read_into(self, conn: _Connection, headers: dict[str, str],
                    into: tuple[memoryview, list[int]]) -> None:
@@ -373,7 +432,7 @@ class Wire:
         return int(value) if value is not None and value.isdigit() else None
 
     def _sign(self, method: str, path: str, qs: str, headers: dict[str, str],
-              body: bytes | None) -> dict[str, str]:
+              body: bytes | memoryview | None) -> dict[str, str]:
         """The request's headers with SigV4's: every header sent is signed."""
         creds = self.credentials.get_frozen_credentials()
         now = time.gmtime()

@@ -167,3 +167,28 @@ def test_listing_pages_answer_as_boto3_does(store: S3Store) -> None:
             p.get("CommonPrefixes", []) for p in sdk_pages]
     listed = [o["Key"] for p in lean_pages for o in p["Contents"]]
     assert listed == ["sub/one", "sub/two"]
+
+
+def test_a_large_body_waits_for_continue_and_a_refusal_is_read_as_such(store: S3Store) -> None:
+    """A part larger than 1 MiB goes after the server's 100 Continue, from the caller's
+    buffer; a part of an upload that does not exist is S3's NoSuchUpload, not a reset."""
+    wire, client = _wire(store), store.client
+    part = memoryview(bytearray(b"p" * (5 * 1024 * 1024 + 3)))
+    upload = client.create_multipart_upload(Bucket=store.bucket, Key="parts")["UploadId"]
+    r = wire.upload_part("parts", upload, 1, part, {"content-md5": _md5(part.tobytes())})
+    assert r["ETag"] == f'"{hashlib.md5(part).hexdigest()}"'
+    client.complete_multipart_upload(Bucket=store.bucket, Key="parts", UploadId=upload,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1,
+                                                                 "ETag": r["ETag"]}]})
+    assert client.get_object(Bucket=store.bucket, Key="parts")["Body"].read() == part
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        wire.upload_part("parts", "no-such-upload", 1, part,
+                         {"content-md5": _md5(part.tobytes())})
+    with pytest.raises(botocore.exceptions.ClientError) as sdk:
+        client.upload_part(Bucket=store.bucket, Key="parts", UploadId="no-such-upload",
+                           PartNumber=1, Body=part.tobytes())
+    got = [(e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"])
+           for e in (info.value, sdk.value)]
+    assert got[0] == got[1]
+    if store.server == "seaweed":  # type: ignore[attr-defined]  # moto: 500, InternalError
+        assert got[0] == (404, "NoSuchUpload")

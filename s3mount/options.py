@@ -131,8 +131,8 @@ def mount_parser() -> Parser:
                     help="profile in ~/.aws/config and ~/.aws/credentials")
     s3.add_argument("--prefix", help="mount only keys under this prefix")
     s3.add_argument("--sdk-requests", action="store_true", default=d("sdk_requests"),
-                    help="send every request through boto3 (by default HEAD, GET, LIST, PUT "
-                    "and UploadPart go out signed by s3mount itself, at a tenth of boto3's "
+                    help="send every request through boto3 (by default HEAD, GET, LIST, PUT, "
+                    "UploadPart and DELETE go out signed by s3mount itself, at a tenth of boto3's "
                     "CPU); for S3 services that answer those in ways s3mount does not expect")
     fs = p.add_argument_group("file system")
     fs.add_argument("--read-only", action="store_true", default=d("read_only"),

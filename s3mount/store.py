@@ -676,6 +676,11 @@ class S3Store:
         so a refusal there is asked again unpinned if the object still has `etag` (a HEAD);
         callers that copy pin their copies too."""
         def call(pinned: bool) -> dict[str, Any]:
+            if (wire := self.wire) is not None:
+                try:
+                    return wire.head_object(key, part=number, if_match=etag if pinned else None)
+                except Unsupported as exc:
+                    self._lean_off(exc)
             return self.client.head_object(  # type: ignore[no-any-return]
                 Bucket=self.bucket, Key=key, PartNumber=number,
                 **({"IfMatch": f'"{etag}"'} if pinned else {}))
@@ -692,8 +697,14 @@ class S3Store:
         return int(r["ContentLength"])
 
     async def delete(self, key: str) -> None:
-        await self._write_call(f"DELETE {key}", lambda: self.client.delete_object(
-            Bucket=self.bucket, Key=key))
+        def call() -> None:
+            if (wire := self.wire) is not None:
+                try:
+                    return wire.delete_object(key)
+                except Unsupported as exc:
+                    self._lean_off(exc)
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        await self._write_call(f"DELETE {key}", call)
 
     async def upload_parts(self, key: str, upload_id: str) -> tuple[int, int]:
         """Number of parts and bytes a multipart upload holds so far."""

@@ -192,3 +192,26 @@ def test_a_large_body_waits_for_continue_and_a_refusal_is_read_as_such(store: S3
     assert got[0] == got[1]
     if store.server == "seaweed":  # type: ignore[attr-defined]  # moto: 500, InternalError
         assert got[0] == (404, "NoSuchUpload")
+
+
+def test_part_heads_and_deletes_answer_as_boto3_does(store: S3Store) -> None:
+    wire, client = _wire(store), store.client
+    upload = client.create_multipart_upload(Bucket=store.bucket, Key="two")["UploadId"]
+    parts = []
+    for number, size in ((1, 5 * 1024 * 1024), (2, 1000)):
+        r = client.upload_part(Bucket=store.bucket, Key="two", UploadId=upload,
+                               PartNumber=number, Body=b"t" * size)
+        parts.append({"PartNumber": number, "ETag": r["ETag"]})
+    etag = client.complete_multipart_upload(Bucket=store.bucket, Key="two", UploadId=upload,
+                                            MultipartUpload={"Parts": parts})["ETag"]
+    for number in (1, 2):
+        sdk = client.head_object(Bucket=store.bucket, Key="two", PartNumber=number)
+        lean = wire.head_object("two", part=number)
+        assert (lean["ContentLength"], lean.get("PartsCount")) == (
+            sdk["ContentLength"], sdk.get("PartsCount"))
+    assert wire.head_object("two", part=2)["ContentLength"] == 1000
+    if store.server == "seaweed":  # type: ignore[attr-defined]  # moto: If-Match on parts
+        assert wire.head_object("two", part=1, if_match=etag[1:-1])["PartsCount"] == 2
+    wire.delete_object("two")
+    wire.delete_object("two")  # deleting what is gone is no error, as in S3
+    assert "Contents" not in client.list_objects_v2(Bucket=store.bucket, Prefix="two")

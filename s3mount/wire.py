@@ -74,7 +74,6 @@ class _Connection:
             raise
         self.sock = sock
         self.rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=64 * 1024))
-        self.used = False  # a request went over it: it may since have been closed by the server
 
     def close(self) -> None:
         self.rfile.close()
@@ -203,7 +202,7 @@ class Wire:
         encoded = root.findtext(ns + "EncodingType") == "url"
 
         def name(text: str | None) -> str:
-            return urllib.parse.unquote(text or "") if encoded else text or ""
+            return urllib.parse.unquote_plus(text or "") if encoded else text or ""
         contents = [{"Key": name(c.findtext(ns + "Key")),
                      "Size": int(c.findtext(ns + "Size") or 0),
                      "LastModified": self.parse_time(c.findtext(ns + "LastModified") or ""),
@@ -266,40 +265,34 @@ class Wire:
         if body is not None and not expect:
             message += body
         self.sent += 1
-        for fresh in (False, True):
-            conn: _Connection | None = None
-            try:
-                conn = self._connection(fresh)
-                conn.sock.sendall(message)
-                line = self._send_after_continue(conn, body) if expect else None
-                r = self._response(conn, method, into, line)
-            except (ConnectionResetError, BrokenPipeError, _Closed) as exc:
-                reused = conn is not None and conn.used
-                if conn is not None:
-                    conn.close()
-                if reused and not fresh:
-                    continue  # the server closed a kept connection: once more on a new one
-                raise ConnectionError(f"connection to {self.host_header} lost: {exc}") from None
-            except OSError as exc:  # refused, timed out, name unknown, TLS
-                if conn is not None:
-                    conn.close()
-                if isinstance(exc, TimeoutError | ConnectionError):
-                    raise
-                raise ConnectionError(f"{self.host_header}: {exc}") from None
-            except BaseException:
-                if conn is not None:
-                    conn.close()
-                raise
-            conn.used = True
-            if r.headers.get("connection", "").lower() == "close" or r.unsent:
+        conn: _Connection | None = None
+        try:
+            conn = self._connection()
+            conn.sock.sendall(message)
+            line = self._send_after_continue(conn, body) if expect else None
+            r = self._response(conn, method, into, line)
+        except (ConnectionResetError, BrokenPipeError, _Closed) as exc:
+            if conn is not None:
                 conn.close()
-            else:  # an error's body was read to its end: the connection serves again
-                with self.lock:
-                    self.pool.append(conn)
-            if r.error is not None:
-                raise r.error
-            return r
-        raise AssertionError("unreachable")
+            raise ConnectionError(f"connection to {self.host_header} lost: {exc}") from None
+        except OSError as exc:  # refused, timed out, name unknown, TLS
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, TimeoutError | ConnectionError):
+                raise
+            raise ConnectionError(f"{self.host_header}: {exc}") from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if r.headers.get("connection", "").lower() == "close" or r.unsent:
+            conn.close()
+        else:  # an error's body was read to its end: the connection serves again
+            with self.lock:
+                self.pool.append(conn)
+        if r.error is not None:
+            raise r.error
+        return r
 
     def _send_after_continue(self, conn: _Connection, body: bytes | memoryview | None
                              ) -> bytes | None:
@@ -320,11 +313,18 @@ class Wire:
             conn.sock.sendall(view[at:at + SEND_BLOCK])
         return None
 
-    def _connection(self, fresh: bool) -> _Connection:
-        if not fresh:
+    def _connection(self) -> _Connection:
+        """A kept connection, or a new one. A kept connection with something to read before
+        a request was sent was closed by the server (its idle timeout; urllib3 checks the
+        same way): it is dropped."""
+        while True:
             with self.lock:
-                if self.pool:
-                    return self.pool.pop()
+                if not self.pool:
+                    break
+                conn = self.pool.pop()
+            if not select.select([conn.sock], [], [], 0)[0]:
+                return conn
+            conn.close()
         return _Connection(self.host, self.port, self.tls, self.connect_timeout, self.timeout)
 
     def _response(self, conn: _Connection, method: str,

@@ -4,7 +4,7 @@ memory, and the layers above (namespace, reader, writer, renamer, fs) depend onl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,8 +64,7 @@ class Store(Protocol):
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None: ...
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage: ...
-    async def get_range(self, key: str, start: int, into: memoryview, etag: str,
-                        progress: Progress | None = None) -> None: ...
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None: ...
     async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
                   meta: Meta | None = None, content_type: str | None = None) -> Sent: ...
     async def create_upload(self, key: str, algorithm: Algorithm | None = None,
@@ -87,10 +86,6 @@ class Store(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
-# Told, from the thread that reads a GET body, how many bytes at the start of the buffer are
-# filled and final (a retry fetches only the rest, so they are never written again); called
-# as the body arrives, about once per MiB, with growing counts.
-Progress = Callable[[int], None]
 # An additional checksum to send: the algorithm and the base64 value.
 Extra = tuple[Algorithm, str]
 # User metadata as boto3's `Metadata=` takes it: keys without `x-amz-meta-` (meta.py makes it).

@@ -8,12 +8,6 @@ from the shared `ReadBudget` (buffers.py), which bounds prefetching across all r
 read is waiting for are always fetched, budget or not. A chunk's buffer goes back only once its
 GET has ended, so a discarded chunk still being fetched counts against the budget.
 
-Reads do not wait for a whole chunk: the GET's worker thread says how many bytes of the chunk
-have arrived (every MiB; store.py's `progress`, bytes that a retry never writes again), and a
-read whose bytes are there is answered at once, while the rest of its chunk is still coming.
-The thread wakes the event loop (`run_sync_soon`) only when a read waits for those bytes. A
-GET that fails fails the reads that need bytes it did not bring.
-
 First reads: a file looked up by its path on a fresh mount (`open("d/f")`) gets its first GET
 started with the HEAD that learns its metadata (`Readers.start_first_read`), so that the read
 after the open waits for no further round trip; an open within `SPARE_TTL` takes that reader
@@ -219,31 +213,6 @@ class Chunk:
     error: BaseException | None = None
     fetching: bool = True
     discarded: bool = False
-    # Bytes at the start of `mem` that have arrived (written by the GET's worker thread);
-    # a read waiting for `want` of them sets `waiting`, which that thread or the GET's end sets.
-    filled: int = 0
-    want: int = 0
-    waiting: trio.Event | None = None
-
-    def arrived(self, n: int, token: trio.lowlevel.TrioToken) -> None:
-        """In the GET's worker thread: `n` bytes are in. Wakes a read waiting for them (the
-        read sets `want`, then `waiting`, then looks at `filled`; this writes `filled`, then
-        looks at `waiting`, then `want`: one of the two sees the other's write)."""
-        self.filled = n
-        waiting = self.waiting
-        if waiting is not None and n >= self.want:
-            token.run_sync_soon(waiting.set)
-
-    async def wait_for(self, n: int) -> None:
-        """Until the first `n` bytes have arrived or the GET has ended."""
-        while self.filled < n and not self.done.is_set():
-            self.want = n
-            self.waiting = waiting = trio.Event()
-            try:
-                if self.filled < n:
-                    await waiting.wait()
-            finally:
-                self.waiting = None
 
 
 class Reader:
@@ -260,7 +229,6 @@ class Reader:
         # once would compete with the bytes it waits for (time to first byte 27 -> 12 ms).
         self.last_end = -1
         self.lock = trio.Lock()
-        self.token = trio.lowlevel.current_trio_token()
         budget.readers += 1
         self.closed = False
         # A pass is proven by an additional checksum if S3 keeps one (asked when a pass
@@ -485,13 +453,9 @@ class Reader:
     async def _fetch(self, chunk: Chunk) -> None:
         assert chunk.mem is not None
         view = memoryview(chunk.mem)[:chunk.end - chunk.start]
-        token = self.token
-
-        def arrived(n: int) -> None:
-            chunk.arrived(n, token)
         with chunk.scope:
             try:
-                await self.store.get_range(self.key, chunk.start, view, self.etag, arrived)
+                await self.store.get_range(self.key, chunk.start, view, self.etag)
             except Exception as exc:  # noqa: BLE001 - handed to the read that needs it
                 chunk.error = exc
             finally:
@@ -501,8 +465,6 @@ class Reader:
                     view.release()
         chunk.fetching = False
         chunk.done.set()
-        if chunk.waiting is not None:
-            chunk.waiting.set()
         if chunk.discarded:
             self._free(chunk)
 
@@ -513,9 +475,8 @@ class Reader:
                 break
             if chunk.end <= off:
                 continue
-            need = min(end, chunk.end) - chunk.start
-            await chunk.wait_for(need)
-            if chunk.error is not None and chunk.filled < need:
+            await chunk.done.wait()
+            if chunk.error is not None:
                 self._reset(self.next_start)
                 raise chunk.error
             assert chunk.mem is not None

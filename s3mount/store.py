@@ -53,7 +53,6 @@ from .objects import (
     Meta,
     ObjectInfo,
     PartDone,
-    Progress,
     Sent,
     Started,
     UploadInfo,
@@ -62,8 +61,6 @@ from .wire import Unsupported, Wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# A GET body is read in steps of this size, each one told to `get_range`'s `progress`.
-BODY_STEP = 1 << 20
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
@@ -83,26 +80,21 @@ _NETWORK_ERRORS = (
 )
 
 
-def _read_body_into(body: Any, into: memoryview, progress: Progress | None = None) -> int:
+def _read_body_into(body: Any, into: memoryview) -> int:
     """Read a GET body into `into` without a copy: straight from the http.client response
     under botocore's StreamingBody and urllib3 (their read() returns a new bytes object per
     call). Returns the body's length, counting bytes beyond `into` (read and dropped). The
-    final urllib3 read sees the end and returns the connection to its pool. `progress` is told
-    the bytes filled after every BODY_STEP."""
+    final urllib3 read sees the end and returns the connection to its pool."""
     raw = getattr(body, "_raw_stream", None)
     fp = getattr(raw, "_fp", None)
     n = 0
     if raw is None or fp is None or not hasattr(fp, "readinto"):
-        while n < len(into) and (data := body.read(min(len(into) - n, BODY_STEP))):
+        while n < len(into) and (data := body.read(len(into) - n)):
             into[n:n + len(data)] = data
             n += len(data)
-            if progress is not None:
-                progress(n)
         return n + len(body.read())
-    while n < len(into) and (got := fp.readinto(into[n:n + BODY_STEP])):
+    while n < len(into) and (got := fp.readinto(into[n:])):
         n += got
-        if progress is not None:
-            progress(n)
     return n + len(raw.read())
 
 
@@ -510,13 +502,9 @@ class S3Store:
 
     # -- data -------------------------------------------------------------------------------
 
-    async def get_range(self, key: str, start: int, into: memoryview, etag: str,
-                        progress: Progress | None = None) -> None:
-        """Fill `into` with the bytes of `key` from `start`, only if its ETag is still `etag`.
-        A retry asks only for the bytes not yet filled (a Range from there, pinned to the same
-        ETag), so bytes once filled are final; `progress` is told how many as they arrive."""
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
+        """Fill `into` with the bytes of `key` from `start`, only if its ETag is still `etag`."""
         end = start + len(into)
-        filled = 0  # bytes of `into` filled, by this attempt and those before it
 
         def short(holds: str) -> SizeMismatch:
             return SizeMismatch(
@@ -526,28 +514,18 @@ class S3Store:
                 "replaced without a new ETag)")
 
         def call() -> None:
-            base = filled
-            if base and base == len(into):
-                return  # every byte came before the last attempt failed (in its tail)
-
-            def arrived(n: int) -> None:
-                nonlocal filled
-                filled = base + n
-                if progress is not None:
-                    progress(filled)
             try:
-                got, content_range = self._get_into(key, start + base, into[base:], etag,
-                                                    arrived)
+                got, content_range = self._get_into(key, start, into, etag)
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
-                    raise short(f"has no byte at offset {start + base}") from None
+                    raise short(f"has no byte at offset {start}") from None
                 raise
-            if base + got != end - start:
+            if got != end - start:
                 total = _range_total(content_range)
                 if total is not None and total < end:  # not a cut connection: S3 has no more
                     raise short(f"holds {total}")
                 raise botocore.exceptions.IncompleteReadError(
-                    actual_bytes=base + got, expected_bytes=end - start)
+                    actual_bytes=got, expected_bytes=end - start)
         what = f"GET {key} [{start}, {end})"
         try:
             await self._read_call(what, call)
@@ -557,17 +535,17 @@ class S3Store:
             raise PreconditionFailed(f"{what}: the object was deleted while the file was "
                                      "open; bytes not yet read cannot be read") from None
 
-    def _get_into(self, key: str, start: int, into: memoryview, etag: str,
-                  progress: Progress) -> tuple[int, str | None]:
+    def _get_into(self, key: str, start: int, into: memoryview,
+                  etag: str) -> tuple[int, str | None]:
         """One ranged GET pinned to `etag` into `into`: the body's length, its Content-Range."""
         if (wire := self.wire) is not None:
             try:
-                return wire.get_object_into(key, start, into, etag, progress)
+                return wire.get_object_into(key, start, into, etag)
             except Unsupported as exc:
                 self._lean_off(exc)
         r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
                                    Range=f"bytes={start}-{start + len(into) - 1}")
-        return _read_body_into(r["Body"], into, progress), r.get("ContentRange")
+        return _read_body_into(r["Body"], into), r.get("ContentRange")
 
     async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
                   meta: Meta | None = None, content_type: str | None = None) -> Sent:

@@ -46,9 +46,6 @@ _SAFE = "-_.~/"  # unreserved characters and the path separator: not percent-enc
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 META = "x-amz-meta-"
-# Where a GET body goes: the buffer, the count of bytes filled so far, who is told as they come.
-Into = tuple[memoryview, list[int], Callable[[int], None] | None]
-BODY_STEP = 1 << 20  # a GET body is read into its buffer in steps of this, each one reported
 
 
 class Unsupported(Exception):
@@ -146,16 +143,14 @@ class Wire:
         r = self._request("HEAD", key, headers, None, None)
         return self._object_fields(r, "HeadObject")
 
-    def get_object_into(self, key: str, start: int, into: memoryview, etag: str,
-                        progress: Callable[[int], None] | None = None) -> tuple[int, str | None]:
+    def get_object_into(self, key: str, start: int, into: memoryview,
+                        etag: str) -> tuple[int, str | None]:
         """Bytes of `key` from `start` into `into`, if its ETag is `etag`: how many came, and
-        the Content-Range (its total size). A body longer than `into` is read and dropped.
-        `progress` is told the bytes filled after every BODY_STEP; once any came, a lost
-        connection is not retried here (the caller asks for the rest)."""
+        the Content-Range (its total size). A body longer than `into` is read and dropped."""
         end = start + len(into)
         headers = {"range": f"bytes={start}-{end - 1}", "if-match": f'"{etag}"'}
         got: list[int] = [0]
-        r = self._request("GET", key, headers, None, (into, got, progress))
+        r = self._request("GET", key, headers, None, (into, got))
         return got[0], r.headers.get("content-range")
 
     def put_object(self, key: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
@@ -188,7 +183,7 @@ class Wire:
     # -- plumbing ------------------------------------------------------------------------
 
     def _request(self, method: str, key: str, headers: dict[str, str], body: bytes | None,
-                 into: Into | None) -> Response:
+                 into: tuple[memoryview, list[int]] | None) -> Response:
         path = self.path + "/" + urllib.parse.quote(key, safe=_SAFE)
         signed = self._sign(method, path, headers, body)
         head = [f"{method} {path} HTTP/1.1\r\n"]
@@ -206,7 +201,7 @@ class Wire:
                 reused = conn is not None and conn.used
                 if conn is not None:
                     conn.close()
-                if reused and not fresh and (into is None or not into[1][0]):
+                if reused and not fresh:
                     continue  # the server closed a kept connection: once more on a new one
                 raise ConnectionError(f"connection to {self.host_header} lost: {exc}") from None
             except OSError as exc:  # refused, timed out, name unknown, TLS
@@ -236,7 +231,7 @@ class Wire:
         return _Connection(self.host, self.port, self.tls, self.connect_timeout, self.timeout)
 
     def _response(self, conn: _Connection, method: str,
-                  into: Into | None) -> Response:
+                  into: tuple[memoryview, list[int]] | None) -> Response:
         rfile = conn.rfile
         line = rfile.readline(65537)
         if not line:
@@ -279,8 +274,8 @@ class Wire:
         raise botocore.exceptions.ClientError(answer, method)
 
     def _read_into(self, conn: _Connection, headers: dict[str, str],
-                   into: Into) -> None:
-        view, got, progress = into
+                   into: tuple[memoryview, list[int]]) -> None:
+        view, got = into
         length = self._length(headers)
         if length is None:  # chunked: rare for a GET of an object; read it whole
             data = self._drain(conn, headers)
@@ -291,13 +286,10 @@ class Wire:
         n = 0
         want = min(length, len(view))
         while n < want:
-            k = conn.rfile.readinto(view[n:min(want, n + BODY_STEP)])
+            k = conn.rfile.readinto(view[n:want])
             if not k:
                 raise _Closed(f"the body ended after {n} of {length} bytes")
             n += k
-            got[0] = n  # (a lost connection is then not sent again: see _request)
-            if progress is not None:
-                progress(n)
         rest = length - n
         while rest > 0:  # longer than asked: read and drop, so the connection can be reused
             chunk = conn.rfile.read(min(rest, 1 << 20))

@@ -38,17 +38,7 @@ from s3mount.errors import (
     TransientError,
 )
 from s3mount.etag import etag_is_md5
-from s3mount.objects import (
-    Body,
-    Extra,
-    ListPage,
-    ObjectInfo,
-    PartDone,
-    Progress,
-    Sent,
-    Started,
-    UploadInfo,
-)
+from s3mount.objects import Body, Extra, ListPage, ObjectInfo, PartDone, Sent, Started, UploadInfo
 
 MAX_LIST_KEYS = 1000  # S3 returns at most this many entries a page, whatever MaxKeys asks
 
@@ -216,8 +206,7 @@ class MemStore:
 
     # -- data -------------------------------------------------------------------------------
 
-    async def get_range(self, key: str, start: int, into: memoryview, etag: str,
-                        progress: Progress | None = None) -> None:
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
         end = start + len(into)
         what = f"GET {key} [{start}, {end})"
         await self._request(what)
@@ -229,8 +218,6 @@ class MemStore:
             raise PreconditionFailed(f"{what}: the object changed (ETag no longer matches)")
         got = obj.data[start:end]
         into[:len(got)] = got
-        if progress is not None and got:
-            progress(len(got))
         if len(got) != len(into):  # S3Store: no such bytes under this ETag, permanent
             raise SizeMismatch(f"{key}: the object's size and its bytes disagree: its size "
                                f"was given as at least {end} bytes, but S3 holds "

@@ -11,7 +11,6 @@ import trio
 from s3mount.buffers import Part, PartBody, WriteBudget
 from s3mount.config import Config, Credentials, MiB
 from s3mount.errors import FsError
-from s3mount.objects import Progress
 
 
 async def paid_part(budget: WriteBudget, number: int, size: int) -> Part:
@@ -223,8 +222,7 @@ class SlowStore:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    async def get_range(self, key: str, start: int, into: memoryview, etag: str,
-                        progress: Progress | None = None) -> None:
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
         with trio.CancelScope(shield=True):
             await trio.sleep(1.0 if 4 * MiB <= start < 40 * MiB else 0.01)
         into[:] = self.data[start:start + len(into)]
@@ -271,10 +269,9 @@ async def test_a_first_read_started_before_an_open(monkeypatch: pytest.MonkeyPat
     gets: list[int] = []
     inner = store.get_range
 
-    async def counted(key: str, start: int, into: memoryview, etag: str,
-                      progress: Progress | None = None) -> None:
+    async def counted(key: str, start: int, into: memoryview, etag: str) -> None:
         gets.append(start)
-        await inner(key, start, into, etag, progress)
+        await inner(key, start, into, etag)
 
     store.get_range = counted  # type: ignore[method-assign]
     budget = ReadBudget(16 * MiB)

@@ -28,7 +28,7 @@ import trio
 from s3mount.checksum import get as algorithm
 from s3mount.config import Config, MiB
 from s3mount.errors import FsError, IntegrityError
-from s3mount.objects import Extra, Progress, Sent, Store
+from s3mount.objects import Extra, Sent, Store
 from s3mount.probe import ServerTraits
 from s3mount.store import S3Store
 from s3mount.writer import Uploads
@@ -446,9 +446,8 @@ class XxhashStore(FaultyStore):
                   **attrs: Any) -> Sent:
         return self._fake(await self.inner.put(key, body, md5, checksum, **attrs))
 
-    async def get_range(self, key: str, start: int, into: memoryview, etag: str,
-                        progress: Progress | None = None) -> None:
-        await self.inner.get_range(key, start, into, self.real.get(etag, etag), progress)
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
+        await self.inner.get_range(key, start, into, self.real.get(etag, etag))
 
 
 @pytest.mark.expect_log(r"^s3mount\.writer: bucket \S+: this server's ETags are not MD5s")

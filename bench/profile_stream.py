@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import shlex
 import shutil
 import statistics
@@ -30,7 +31,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from bench.profile_small import _S3mount  # noqa: E402
 from bench.systems import SYSTEMS, Mount  # noqa: E402
 from bench.workloads import (  # noqa: E402
@@ -50,8 +54,13 @@ WORKLOADS = ("read", "write", "raw-read", "raw-write")
 
 
 def _seed(env: Env) -> None:
+    """The read object as `make bench` seeds it (workloads.seed): by boto3's defaults, which
+    send a CRC32 with every part (the server keeps a composite CRC32, and verified reads are
+    proven by it); the test client sends none (reads would be proven by the MD5s)."""
     env.s3.create_bucket(Bucket=DATA_BUCKET)
-    env.s3.upload_file(str(env.src), DATA_BUCKET, "data/big.bin")
+    seeder = env.server.client(Config(request_checksum_calculation="when_supported"))
+    seeder.upload_file(str(env.src), DATA_BUCKET, "data/big.bin")
+    seeder.close()
 
 
 def _on_mount(env: Env, name: str, run: int, work: Path, extra: list[str],
@@ -84,6 +93,13 @@ def _on_mount(env: Env, name: str, run: int, work: Path, extra: list[str],
         rate = fs_read(env, mnt) if name == "read" else fs_write(env, mnt, bucket, 1)
         c1 = m.cpu_seconds()
         assert c0 is not None and c1 is not None
+        if name == "read":  # what proved the read (s3mount status)
+            doc = json.loads(subprocess.run(
+                [sys.executable, "-m", "s3mount.cli", "status", str(mnt), "--json"],
+                capture_output=True, check=True, text=True, cwd=ROOT).stdout)
+            reads = doc["reads"]
+            print(f"  read {run}: verified_objects {reads['verified_objects']}, "
+                  f"verified_by_checksum {reads['verified_by_checksum']}", flush=True)
         return rate, c1 - c0
     finally:
         if spy is not None:

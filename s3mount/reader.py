@@ -46,7 +46,7 @@ from .checksum import Hasher
 from .config import MiB
 from .errors import IntegrityError, SizeMismatch, StoreError
 from .etag import etag_is_md5, multipart_etag, verifiable_parts
-from .objects import ObjectInfo, Store
+from .objects import FirstGet, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,14 @@ class Reader:
         self.nursery.start_soon(self._fetch, chunk)
         return True
 
+    def fetched_first(self, mem: mmap.mmap, end: int) -> None:
+        """Bytes [0, end) are in `mem` (from the read budget) already: fetched before the
+        open, by the GET that looked the file up (`Readers.get_first`)."""
+        chunk = Chunk(0, end, mem=mem, fetching=False)
+        chunk.done.set()
+        self.chunks.append(chunk)
+        self.next_start = end
+
     def _covers(self, off: int) -> bool:
         return bool(self.chunks) and self.chunks[0].start <= off < self.next_start
 
@@ -523,9 +531,40 @@ class Readers:
         if not reader.fetch_first(FIRST_READ):
             reader.close()
             return False
+        self._spare(key, etag, reader)
+        return True
+
+    async def get_first(self, store: FirstGet, key: str) -> ObjectInfo | None:
+        """What a HEAD of `key` says, learnt from one GET of its first FIRST_READ bytes (not
+        pinned: its answer gives the ETag), whose bytes are kept for an open within SPARE_TTL
+        (as `start_first_read`'s). Without room in the read budget, a HEAD."""
+        mem = self.budget.take(FIRST_READ)
+        if mem is None:
+            return await self.store.head(key)
+        got = None
+        view = memoryview(mem)[:FIRST_READ]
+        try:
+            got = await store.get_first(key, view)
+        finally:
+            with contextlib.suppress(BufferError):  # (see `Reader._fetch`)
+                view.release()
+            if got is None or got[0].size == 0:
+                self.budget.give(mem)
+        if got is None:
+            return None
+        info, n = got
+        if info.size > 0:
+            old = self.spares.pop((key, info.etag), None)
+            if old is not None:
+                old.close()
+            reader = self._new(key, info.etag, info.size)
+            reader.fetched_first(mem, min(n, info.size))
+            self._spare(key, info.etag, reader)
+        return info
+
+    def _spare(self, key: str, etag: str, reader: Reader) -> None:
         self.spares[(key, etag)] = reader
         self.nursery.start_soon(self._expire, key, etag, reader)
-        return True
 
     async def _expire(self, key: str, etag: str, reader: Reader) -> None:
         await trio.sleep(SPARE_TTL)

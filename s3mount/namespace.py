@@ -98,6 +98,8 @@ class Namespace:
         # Directories not listed where such a GET found a file no open has taken yet: none
         # other there until (monotonic time, the file's path)
         self.first_gets: dict[str, tuple[float, str]] = {}
+        # Directories being listed for lookups to come (`_list_ahead`), by path
+        self.listing_ahead: dict[str, trio.Event] = {}
         # The HEADs of a listed directory's files, started when `ls -l` asks for the first
         self.ahead = Lookahead(nursery if config.metadata_ttl > 0 else None,
                                self._fetch_ahead, min(AHEAD_HEADS, config.max_connections - 4),
@@ -174,8 +176,12 @@ class Namespace:
             if entry is not None:
                 return self.inodes.upsert(path, entry)
         entry = None
+        if self.first_get is None and (ev := self.listing_ahead.get(parent_of(path))):
+            await ev.wait()  # the directory's listing is on its way: it answers
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
             entry = self.inodes.listed(path)
+            if entry is not None and entry.kind == "dir":
+                self._list_ahead(path)
             if entry is not None and entry.kind == "file" and entry.meta is None:
                 known = self.inodes.by_path.get(path)
                 if known is not None and known.meta is not None and known.etag == entry.etag:
@@ -191,6 +197,34 @@ class Namespace:
                 return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
             raise not_found(path)
         return self.inodes.upsert(path, entry)
+
+    def _list_ahead(self, path: str) -> None:
+        """Directory `path` was looked up from its parent's listing, without a request (a
+        fresh mount's first lookup: the warm-up listed the top directory). A lookup by path
+        sent a LIST of up to LOOKUP_LIST_KEYS of its names with its HEAD, and lookups in it
+        went on from that listing: that LIST starts now, in the background, unless its
+        listing is known. A lookup in it meanwhile waits for it, except where a GET can look
+        a file up with its first bytes (`first_get`): that is one round trip, not two."""
+        listing = self.inodes.listings.get(path)
+        if (self.nursery is None or self.inodes.ttl <= 0 or path in self.listing_ahead
+                or (listing is not None and listing.expires > self.inodes.clock())):
+            return
+        self.listing_ahead[path] = trio.Event()
+        self.nursery.start_soon(self._list_dir_ahead, path)
+
+    async def _list_dir_ahead(self, path: str) -> None:
+        try:
+            node = self.inodes.by_path.get(path)
+            writes, started = (node.writes if node else 0), self.inodes.clock()
+            entries = await self.view.small_listing(path, LOOKUP_LIST_KEYS)
+            if (entries is not None and self.inodes.by_path.get(path) is node
+                    and (node is None or node.writes == writes)):
+                # (else this mount may have added a name since the LIST began)
+                self._keep_listing(path, entries, started)
+        except FsError as exc:  # a lookup that needs it sends its own requests
+            log.debug("listing %r ahead of lookups: %s", path, exc)
+        finally:
+            self.listing_ahead.pop(path).set()
 
     async def _listed_file(self, path: str, listed: Entry) -> Entry | None:
         """The file at `path`, which its directory's listing shows, with its metadata: one

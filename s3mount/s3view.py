@@ -121,11 +121,11 @@ class S3View:
         for item in shadows.drain():
             yield item
 
-    async def small_listing(self, path: str) -> dict[str, Entry] | None:
-        """Every name in directory `path` with its entry, from one LIST page; None when the
-        directory holds more than a page."""
+    async def small_listing(self, path: str, max_keys: int = 0) -> dict[str, Entry] | None:
+        """Every name in directory `path` with its entry, from one LIST page (of `max_keys`
+        names, else a full page); None when the directory holds more."""
         prefix = self.keys.dir_prefix(path)
-        page = await self.store.list_page(prefix, "/", None, self.page_size)
+        page = await self.store.list_page(prefix, "/", None, max_keys or self.page_size)
         if page.next_token is not None:
             return None
         return self._listing(path, prefix, page)

@@ -21,10 +21,13 @@ import trio
 from s3mount.config import Config
 from s3mount.errors import StoreError
 from s3mount.fs import S3Fs
+from s3mount.keys import KeyMap
+from s3mount.mount import _warm_up
 from s3mount.store import S3Store
 from tests.conftest import Mount, get, keys, put
 from tests.faultproxy import FaultProxy, in_series
 from tests.faults import FaultyStore
+from tests.firstget import FirstGetStore
 from tests.seaweed import SeaweedServer
 from tests.test_writer import uploads, write_all
 
@@ -276,3 +279,97 @@ def test_ls_l_reads_ahead_the_heads_of_a_listed_directory(
     assert counts == {"HEAD": 1 + n, "LIST": 2}, counts
     chain = in_series(proxy.spans)
     assert len(chain) <= n // 4, [(s.kind, s.path) for s in chain]
+
+
+S3FS_META = {"mode": str(stat.S_IFREG | 0o640), "uid": "1234", "gid": "2345",
+             "mtime": "1600000000.5", "atime": "1600000001", "ctime": "1600000002"}
+
+
+async def fresh_fs(config: Config, proxy: FaultProxy, nursery: trio.Nursery) -> S3Fs:
+    """S3Fs as mount.py starts it (the warm-up, its listing of the top directory kept) over a
+    store that can look files up by a GET of their first bytes, through the proxy."""
+    config = replace(config, endpoint_url=proxy.url, metadata_ttl=30)
+    store = FirstGetStore(config)
+    top = await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
+    fs = S3Fs(config, store, nursery)
+    assert top is not None
+    fs.ns.warmed_up(*top)
+    return fs
+
+
+async def test_open_on_a_fresh_mount_costs_one_round_trip_with_first_gets(
+        config: Config, proxy: FaultProxy, s3: Any, bucket: str,
+        nursery: trio.Nursery) -> None:
+    """Opening d/f and reading a byte on a fresh mount, as the kernel asks it (LOOKUP d,
+    LOOKUP f, OPEN, READ), over a store that offers `get_first`: the warm-up's listing of the
+    top directory answers the lookup of d; f's lookup sends a GET of its first MiB (its
+    answer carries what a HEAD would: ETag, size, the s3fs metadata) with the LIST that says
+    whether f is a directory, and d's listing goes in the background: one round trip, and
+    the read is served by that GET. The attributes are the metadata's. A lookup in d
+    afterwards is answered by d's listing and its own GET."""
+    body = os.urandom(300 * 1024)
+    s3.put_object(Bucket=bucket, Key="d/f.bin", Body=body, Metadata=S3FS_META)
+    s3.put_object(Bucket=bucket, Key="d/g.bin", Body=b"another", Metadata=S3FS_META)
+    fs = await fresh_fs(config, proxy, nursery)
+    proxy.counts.clear()
+    proxy.spans.clear()
+    proxy.latency = ROUND_TRIP
+    d = await fs.lookup(ROOT, b"d", CTX)
+    f = await fs.lookup(d.st_ino, b"f.bin", CTX)
+    info = await fs.open(f.st_ino, os.O_RDONLY, CTX)
+    assert await fs.read(info.fh, 0, 1) == body[:1]
+    chain = in_series(proxy.spans)
+    assert len(chain) == 1, list(proxy.spans)
+    assert (f.st_mode, f.st_uid, f.st_gid, f.st_size) == (stat.S_IFREG | 0o640, 1234, 2345,
+                                                          len(body))
+    assert (f.st_mtime_ns, f.st_atime_ns, f.st_ctime_ns) == (
+        1_600_000_000_500_000_000, 1_600_000_001_000_000_000, 1_600_000_002_000_000_000)
+    proxy.latency = 0
+    assert await fs.read(info.fh, 1, len(body)) == body[1:]
+    await fs.release(info.fh)
+    await trio.sleep(0.1)  # (d's listing, in the background, has come)
+    counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
+    # f's first MiB (the whole file) and the LIST of f/ at once, d's listing alongside
+    assert counts == {"GET": 1, "LIST": 2}, list(proxy.log)
+    proxy.counts.clear()
+    g = await fs.lookup(d.st_ino, b"g.bin", CTX)
+    assert (g.st_size, g.st_mode) == (7, stat.S_IFREG | 0o640)
+    assert await errno_of(fs.lookup(d.st_ino, b"nothing", CTX)) == errno.ENOENT
+    info = await fs.open(g.st_ino, os.O_RDONLY, CTX)
+    assert await fs.read(info.fh, 0, 100) == b"another"
+    await fs.release(info.fh)
+    counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
+    assert counts == {"GET": 1}, list(proxy.log)
+
+
+async def test_first_gets_are_bounded_for_lookups_no_open_follows(
+        config: Config, proxy: FaultProxy, s3: Any, bucket: str,
+        nursery: trio.Nursery) -> None:
+    """A lookup by path that no open follows (`stat`) wastes its GET's body, up to 1 MiB:
+    once a GET found a file in a directory, the next lookups there send HEADs until an open
+    takes it or --metadata-ttl passes; a GET of a name that is not there, or a directory's,
+    costs what a HEAD would and closes nothing."""
+    for name in ("a", "b", "c"):
+        put(s3, bucket, f"e/{name}", name.encode() * 5000)
+    for i in range(120):  # more than a lookup lists: e's listing is not known
+        put(s3, bucket, f"e/z{i:03d}", b"z")
+    fs = await fresh_fs(config, proxy, nursery)
+    await trio.sleep(0.1)
+    e = await fs.lookup(ROOT, b"e", CTX)
+    await trio.sleep(0.2)  # (e's listing, in the background: incomplete, not kept)
+    proxy.counts.clear()
+    assert await errno_of(fs.lookup(e.st_ino, b"nothing", CTX)) == errno.ENOENT
+    for name in (b"a", b"b", b"c"):
+        assert (await fs.lookup(e.st_ino, name, CTX)).st_size == 5000
+    counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
+    # the missing name: a GET (404) and a LIST; a: a GET; b and c: a HEAD each; and a LIST
+    # of x/ each
+    assert counts == {"GET": 2, "HEAD": 2, "LIST": 4}, list(proxy.log)
+    assert proxy.counts["get_bytes"] <= 5000 + 1000, dict(proxy.counts)
+    a = fs.ns.inodes.by_path["e/a"].ino
+    info = await fs.open(pyfuse3.InodeT(a), os.O_RDONLY, CTX)  # the open takes it
+    assert await fs.read(info.fh, 0, 10) == b"a" * 10
+    await fs.release(info.fh)
+    fs.ns.inodes.by_path["e/b"].expires = 0
+    assert (await fs.lookup(e.st_ino, b"b", CTX)).st_size == 5000
+    assert proxy.counts["GET"] == 3 and proxy.counts["HEAD"] == 2, list(proxy.log)

@@ -176,7 +176,7 @@ class Namespace:
             if entry is not None:
                 return self.inodes.upsert(path, entry)
         entry = None
-        if self.first_get is None and (ev := self.listing_ahead.get(parent_of(path))):
+        if self.first_get is None and (ev := self.listing_ahead.get(parent_of(path))) is not None:
             await ev.wait()  # the directory's listing is on its way: it answers
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
             entry = self.inodes.listed(path)

@@ -312,7 +312,7 @@ class Namespace:
         dir_path, _, name = path.rpartition("/")
         parent = self.inodes.by_path.get(dir_path)
         listing = self.inodes.listings.get(dir_path)
-        if (path == "" or parent is None or listing is None
+        if (path == "" or parent is None or listing is None or not listing.complete
                 or listing.expires > self.inodes.clock()):
             return await self._stat_and_list(path)
         writes, started = parent.writes, self.inodes.clock()
@@ -380,11 +380,15 @@ class Namespace:
 
     def warmed_up(self, page: ListPage, started: float) -> None:
         """The mount's warm-up listed its top directory (up to LOOKUP_LIST_KEYS names, one
-        level, at monotonic time `started`): complete, it is kept as a lookup's would be, so
-        that the first path looked up on a fresh mount costs no request for its first
-        component."""
+        level, at monotonic time `started`): what it shows is kept for --metadata-ttl, so that
+        the first path looked up on a fresh mount costs no request for its first component.
+        Only what it shows: a name not in it is looked up in S3 as before, since it was taken
+        before the mount was live (a script that mounts, has another client write a new name,
+        then looks at it, finds it as without this listing)."""
         if page.next_token is None:
-            self._keep_listing("", self.view.page_listing("", page), started)
+            entries = self.view.page_listing("", page)
+            self.inodes.set_listing("", set(entries), started + self.inodes.ttl, entries,
+                                    complete=False)
 
     def _keep_listing(self, dir_path: str, entries: dict[str, Entry], started: float) -> None:
         """Keep a complete listing that began at `started`, with the files being written

@@ -21,7 +21,7 @@ the cheapest the object offers: an additional checksum S3 keeps (HEAD with Check
 CRC64NVME, CRC32, SHA1, SHA256; of the whole object, or composite `-N` of its parts), else the
 ETag when it is an MD5 (one PutObject: the MD5 of its bytes; a multipart upload: the MD5 of its
 parts' MD5s). Composite values need the part sizes, asked of S3 by HEAD partNumber=N. Objects
-under CHECKSUM_MIN with an MD5 ETag skip the HEAD: hashing them costs less than asking.
+up to CHECKSUM_MIN with an MD5 ETag skip the HEAD: hashing them costs less than asking.
 A checksum that disagrees while the ETag is an MD5 fails the read, and later passes of that
 object are proven by the MD5 instead; when that proves WRONG_CHECKSUMS such objects, the server's
 checksums are taken to be wrong (said once) and reads on the mount stop preferring them.
@@ -60,7 +60,9 @@ VERIFY_QUEUE = 4
 FIRST_READ = 1 * MiB
 SPARE_TTL = 1.0  # seconds a first read started before an open waits for that open
 # Objects this small with an MD5 ETag are proven by it without asking for a checksum: MD5 of
-# 1 MiB is ~1.7 ms of CPU, about what a HEAD costs the mount and the server together.
+# 1 MiB is ~1.7 ms of CPU, about what a HEAD costs the mount and the server together. Up to
+# and including 1 MiB: one read of the kernel's (1 MiB) serves such a file whole, and would
+# wait for that HEAD (a round trip more for the first byte of a file of exactly 1 MiB).
 CHECKSUM_MIN = 1 * MiB
 # Objects whose checksum refused a pass that their MD5 then proved, before the server's
 # checksums are taken to be wrong rather than those passes' bytes.
@@ -316,7 +318,7 @@ class Reader:
 
     async def _plan(self) -> _Plan | None:
         md5 = None if self.md5_parts is None else _md5_plan(self.etag, self.md5_parts)
-        if md5 is not None and (self.size < CHECKSUM_MIN or not self.budget.prefer_checksums
+        if md5 is not None and (self.size <= CHECKSUM_MIN or not self.budget.prefer_checksums
                                 or self.key in self.budget.checksum_doubted):
             return md5
         try:

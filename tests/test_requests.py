@@ -183,9 +183,11 @@ def test_open_on_a_fresh_mount_costs_two_round_trips(mount_factory: Callable[...
     two round trips one after the other (three when the GET waited for the HEAD; four
     without the listing), three requests (four when d's lookup sent a HEAD too). One round
     trip where the store can look f up by a GET (`test_open_on_a_fresh_mount_costs_one_
-    round_trip_with_first_gets`). The attributes are the metadata's. A name changed by this
+    round_trip_with_first_gets`). A file of 1 MiB, which the kernel's first read asks whole,
+    is verified by its ETag without a HEAD for its checksum, which that read would wait for
+    (a third round trip before). The attributes are the metadata's. A name changed by this
     mount is not answered from the listing."""
-    body = os.urandom(300 * 1024)
+    body = os.urandom(1024 * 1024)  # one read of the kernel's: verified without a HEAD
     s3.put_object(Bucket=bucket, Key="d/f.bin", Body=body, Metadata={
         "mode": str(stat.S_IFREG | 0o640), "uid": "1234", "gid": "2345",
         "mtime": "1600000000.5", "atime": "1600000001", "ctime": "1600000002"})
@@ -313,7 +315,7 @@ async def test_open_on_a_fresh_mount_costs_one_round_trip_with_first_gets(
     whether f is a directory, and d's listing goes in the background: one round trip, and
     the read is served by that GET. The attributes are the metadata's. A lookup in d
     afterwards is answered by d's listing and its own GET."""
-    body = os.urandom(300 * 1024)
+    body = os.urandom(1024 * 1024)  # one read of the kernel's: verified without a HEAD
     s3.put_object(Bucket=bucket, Key="d/f.bin", Body=body, Metadata=S3FS_META)
     s3.put_object(Bucket=bucket, Key="d/g.bin", Body=b"another", Metadata=S3FS_META)
     fs = await fresh_fs(config, proxy, nursery)

@@ -384,11 +384,17 @@ class Namespace:
         the first path looked up on a fresh mount costs no request for its first component.
         Only what it shows: a name not in it is looked up in S3 as before, since it was taken
         before the mount was live (a script that mounts, has another client write a new name,
-        then looks at it, finds it as without this listing)."""
+        then looks at it, finds it as without this listing). A directory it shows is listed
+        ahead (`_list_ahead`)."""
         if page.next_token is None:
             entries = self.view.page_listing("", page)
             self.inodes.set_listing("", set(entries), started + self.inodes.ttl, entries,
                                     complete=False)
+            if (top := self.inodes.listings.get("")) is not None:
+                # Its files' lookups start no first read: nothing says an open for reading
+                # follows (`>>` of a file there would fetch a MiB for nothing), and a lookup
+                # of one cost a HEAD before, then the GET after the open, as now.
+                top.first_reads = False
 
     def _keep_listing(self, dir_path: str, entries: dict[str, Entry], started: float) -> None:
         """Keep a complete listing that began at `started`, with the files being written

@@ -181,7 +181,7 @@ class Namespace:
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
             entry = self.inodes.listed(path)
             if entry is not None and entry.kind == "dir":
-                self._list_ahead(path)
+                self._list_ahead(path, parent_of(path))
             if entry is not None and entry.kind == "file" and entry.meta is None:
                 known = self.inodes.by_path.get(path)
                 if known is not None and known.meta is not None and known.etag == entry.etag:
@@ -198,15 +198,19 @@ class Namespace:
             raise not_found(path)
         return self.inodes.upsert(path, entry)
 
-    def _list_ahead(self, path: str) -> None:
-        """Directory `path` was looked up from its parent's listing, without a request (a
-        fresh mount's first lookup: the warm-up listed the top directory). A lookup by path
-        sent a LIST of up to LOOKUP_LIST_KEYS of its names with its HEAD, and lookups in it
-        went on from that listing: that LIST starts now, in the background, unless its
-        listing is known. A lookup in it meanwhile waits for it, except where a GET can look
-        a file up with its first bytes (`first_get`): that is one round trip, not two."""
+    def _list_ahead(self, path: str, dir_path: str) -> None:
+        """Directory `path` was looked up from its parent's listing, without a request. If
+        that is the warm-up's listing of the top directory (a fresh mount's first lookups):
+        a lookup by path sent a LIST of up to LOOKUP_LIST_KEYS of its names with its HEAD,
+        and lookups in it went on from that listing; that LIST starts now, in the background,
+        unless its listing is known. A lookup in it meanwhile waits for it, except where a
+        GET can look a file up with its first bytes (`first_get`): that is one round trip,
+        not two. (From a directory's own complete listing, nothing starts: `find` looks up
+        the subdirectories it is about to read anyway.)"""
+        parent = self.inodes.listings.get(dir_path)
         listing = self.inodes.listings.get(path)
         if (self.nursery is None or self.inodes.ttl <= 0 or path in self.listing_ahead
+                or parent is None or parent.complete
                 or (listing is not None and listing.expires > self.inodes.clock())):
             return
         self.listing_ahead[path] = trio.Event()

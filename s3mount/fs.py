@@ -26,7 +26,7 @@ from .handles import DirHandle, HandleTable, ReadHandle, WriteHandle
 from .inodes import Node
 from .meta import FileMeta
 from .namespace import Namespace
-from .objects import Store
+from .objects import Store, first_get_of
 from .reader import Reader, Readers
 from .s3view import Entry
 from .writer import Uploads, UploadState
@@ -79,6 +79,9 @@ class S3Fs(pyfuse3.Operations):
         self.handles = HandleTable()
         self.ns.first_read = lambda path, entry: self.readers.start_first_read(
             self.ns.keys.file_key(path), entry.etag, entry.size)
+        first_get = first_get_of(store)
+        if first_get is not None:
+            self.ns.first_get = functools.partial(self.readers.get_first, first_get)
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         """The node's attributes: what its object's metadata says (s3fs's and rclone's

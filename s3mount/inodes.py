@@ -71,6 +71,9 @@ class Listing:
     # `_start_first_read`): not while one started is not taken by an open, nor after a
     # readdir of the directory.
     first_reads: bool = True
+    # False: the names S3 listed are known, but a name not in them may exist (the warm-up's
+    # listing of the top directory, `Namespace.warmed_up`)
+    complete: bool = True
 
 
 class InodeTable:
@@ -195,20 +198,22 @@ class InodeTable:
             return until
         dir_path, _, name = path.rpartition("/")
         listing = self.listings.get(dir_path)
-        if listing is not None and listing.expires > self.clock() and name not in listing.names:
+        if (listing is not None and listing.complete and listing.expires > self.clock()
+                and name not in listing.names):
             return listing.expires
         return None
 
     # -- complete listings -------------------------------------------------------------------
 
     def set_listing(self, dir_path: str, names: set[str], expires: float,
-                    entries: dict[str, Entry] | None = None) -> None:
-        """`names` are all the names in `dir_path` until `expires` (a listing's start + ttl);
-        `entries` what S3 listed for them."""
+                    entries: dict[str, Entry] | None = None, complete: bool = True) -> None:
+        """`names` are all the names in `dir_path` until `expires` (a listing's start + ttl),
+        or only some of them (not `complete`); `entries` what S3 listed for them."""
         if self.ttl <= 0 or len(names) > LISTING_NAMES_MAX:
             self.listings.pop(dir_path, None)
             return
-        self.listings[dir_path] = Listing(names, expires, dict(entries or {}))
+        self.listings[dir_path] = Listing(names, expires, dict(entries or {}),
+                                          complete=complete)
         self.listings.move_to_end(dir_path)
         while len(self.listings) > LISTINGS_MAX:
             self.listings.popitem(last=False)

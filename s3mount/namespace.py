@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -41,7 +41,7 @@ from .meta import (
     link_target,
     symlink_body,
 )
-from .objects import Store
+from .objects import ListPage, ObjectInfo, Store
 from .renamer import Renamer
 from .s3view import Entry, S3View, file_entry
 from .writer import Upload, Uploads, UploadState
@@ -52,6 +52,7 @@ LOOKUP_LIST_KEYS = 100  # names a directory's lookup lists, to know a small one 
 # write: the kernel sends it right after the last close, so it comes within milliseconds
 # unless the file is still open elsewhere.
 SETTLE_GRACE = 2.0
+FIRST_GET_PAUSE = 1.0  # seconds at least before a GET no open took is followed by another
 META_DELAY = 1.0  # seconds set times wait for a rename to carry them (rsync's temporary file)
 
 
@@ -91,6 +92,14 @@ class Namespace:
         # Starts fetching a file's first read (path, entry) -> started; set by fs.py
         self.first_read: Callable[[str, Entry], bool] | None = None
         self.first_reads: dict[str, Listing] = {}  # by path: started, no open yet
+        # Looks a file up by one GET of its first bytes, kept for an open (key) -> what a
+        # HEAD says; set by fs.py when the store can (objects.py `FirstGet`)
+        self.first_get: Callable[[str], Awaitable[ObjectInfo | None]] | None = None
+        # Directories not listed where such a GET found a file no open has taken yet: none
+        # other there until (monotonic time, the file's path)
+        self.first_gets: dict[str, tuple[float, str]] = {}
+        # Directories being listed for lookups to come (`_list_ahead`), by path
+        self.listing_ahead: dict[str, trio.Event] = {}
         # The HEADs of a listed directory's files, started when `ls -l` asks for the first
         self.ahead = Lookahead(nursery if config.metadata_ttl > 0 else None,
                                self._fetch_ahead, min(AHEAD_HEADS, config.max_connections - 4),
@@ -167,15 +176,18 @@ class Namespace:
             if entry is not None:
                 return self.inodes.upsert(path, entry)
         entry = None
+        if self.first_get is None and (ev := self.listing_ahead.get(parent_of(path))) is not None:
+            await ev.wait()  # the directory's listing is on its way: it answers
         if not self.inodes.known_missing(path) and self.inodes.missing_until(path) is None:
             entry = self.inodes.listed(path)
+            if entry is not None and entry.kind == "dir":
+                self._list_ahead(path, parent_of(path))
             if entry is not None and entry.kind == "file" and entry.meta is None:
                 known = self.inodes.by_path.get(path)
                 if known is not None and known.meta is not None and known.etag == entry.etag:
                     entry = replace(entry, meta=known.meta)  # the same object, seen before
                 else:
-                    self._start_first_read(path, entry)
-                    entry = await self._head_file(path)  # its times, mode, link-ness
+                    entry = await self._listed_file(path, entry)  # its times, mode, link-ness
             entry = entry or await self._stat(path)
             if entry is None:
                 self.inodes.set_missing(path)
@@ -185,6 +197,66 @@ class Namespace:
                 return pinned  # emptied here (rm -r): S3 no longer shows it, POSIX does
             raise not_found(path)
         return self.inodes.upsert(path, entry)
+
+    def _list_ahead(self, path: str, dir_path: str) -> None:
+        """Directory `path` was looked up from its parent's listing, without a request. If
+        that is the warm-up's listing of the top directory (a fresh mount's first lookups):
+        a lookup by path sent a LIST of up to LOOKUP_LIST_KEYS of its names with its HEAD,
+        and lookups in it went on from that listing; that LIST starts now, in the background,
+        unless its listing is known. A lookup in it meanwhile waits for it, except where a
+        GET can look a file up with its first bytes (`first_get`): that is one round trip,
+        not two. (From a directory's own complete listing, nothing starts: `find` looks up
+        the subdirectories it is about to read anyway.)"""
+        parent = self.inodes.listings.get(dir_path)
+        listing = self.inodes.listings.get(path)
+        if (self.nursery is None or self.inodes.ttl <= 0 or path in self.listing_ahead
+                or parent is None or parent.complete
+                or (listing is not None and listing.expires > self.inodes.clock())):
+            return
+        self.listing_ahead[path] = trio.Event()
+        self.nursery.start_soon(self._list_dir_ahead, path)
+
+    async def _list_dir_ahead(self, path: str) -> None:
+        try:
+            node = self.inodes.by_path.get(path)
+            writes, started = (node.writes if node else 0), self.inodes.clock()
+            entries = await self.view.small_listing(path, LOOKUP_LIST_KEYS)
+            if (entries is not None and self.inodes.by_path.get(path) is node
+                    and (node is None or node.writes == writes)):
+                # (else this mount may have added a name since the LIST began)
+                self._keep_listing(path, entries, started)
+        except FsError as exc:  # a lookup that needs it sends its own requests
+            log.debug("listing %r ahead of lookups: %s", path, exc)
+        finally:
+            self.listing_ahead.pop(path).set()
+
+    async def _listed_file(self, path: str, listed: Entry) -> Entry | None:
+        """The file at `path`, which its directory's listing shows, with its metadata: one
+        GET of its first bytes where the store can and a first read may start (below), else
+        its HEAD (with the first read's GET, pinned to the listed ETag, sent alongside)."""
+        listing = self.inodes.listings.get(parent_of(path))
+        gate = self.first_gets.get(parent_of(path))  # a GET of a name not listed, unopened
+        gated = gate is not None and gate[0] > self.inodes.clock()
+        if (self.first_get is not None and listing is not None and listing.first_reads
+                and listed.size > 0 and not gated):
+            listing.first_reads = False
+            self._first_read_started(path, listing)
+            info = None
+            try:
+                info = await self.first_get(self.keys.file_key(path))
+            finally:
+                if info is None or info.size == 0:  # nothing kept for an open
+                    listing.first_reads = True
+                    self.first_reads.pop(path, None)
+            return None if info is None else file_entry(info)
+        if not gated:
+            self._start_first_read(path, listed)
+        return await self._head_file(path)
+
+    def _first_read_started(self, path: str, listing: Listing) -> None:
+        self.first_reads[path] = listing
+        while len(self.first_reads) > LISTINGS_MAX:
+            del self.first_reads[next(iter(self.first_reads))]
 
     def _start_first_read(self, path: str, entry: Entry) -> None:
         """A file looked up by its path, found in its directory's listing, with no metadata
@@ -199,9 +271,7 @@ class Namespace:
             return
         if self.first_read(path, entry):
             listing.first_reads = False
-            self.first_reads[path] = listing
-            while len(self.first_reads) > LISTINGS_MAX:
-                del self.first_reads[next(iter(self.first_reads))]
+            self._first_read_started(path, listing)
 
     async def _wait_ahead(self, path: str) -> bool:
         """Wait for the HEAD of `path` read ahead after a readdir (lookahead.py), if one is
@@ -249,7 +319,7 @@ class Namespace:
         dir_path, _, name = path.rpartition("/")
         parent = self.inodes.by_path.get(dir_path)
         listing = self.inodes.listings.get(dir_path)
-        if (path == "" or parent is None or listing is None
+        if (path == "" or parent is None or listing is None or not listing.complete
                 or listing.expires > self.inodes.clock()):
             return await self._stat_and_list(path)
         writes, started = parent.writes, self.inodes.clock()
@@ -268,13 +338,70 @@ class Namespace:
         open of `d/f` on a fresh mount costs two round trips, not three)."""
         before = self.inodes.by_path.get(path)
         writes, started = (before.writes if before else 0), self.inodes.clock()
-        entry, entries = await self.view.stat_listing(path, LOOKUP_LIST_KEYS)
+        first_get = self._first_get_gate(path)
+        entry: Entry | None = None
+        try:
+            entry, entries = await self.view.stat_listing(path, LOOKUP_LIST_KEYS, first_get)
+        finally:
+            if first_get is not None:
+                self._first_get_ended(path, entry)
         node = self.inodes.by_path.get(path)
         if (entries is not None and node is before
                 and (before is None or before.writes == writes)):
             # (else this mount may have added a name since the LIST began)
             self._keep_listing(path, entries, started)
         return entry
+
+    def _first_get_gate(self, path: str) -> Callable[[str], Awaitable[ObjectInfo | None]] | None:
+        """`first_get` for the lookup of `path`, a name in a directory whose listing is not
+        known, if a GET of its first bytes may stand in for its HEAD: an open is likely (a
+        lookup by path: `cat d/f`), and a GET no open takes wastes at most FIRST_READ bytes
+        (1 MiB; a GET of a missing key or of a directory's name costs what a HEAD does). So
+        once one found a file in a directory, no other does there until an open takes it or
+        --metadata-ttl (at least 1 s) passes; a readdir of the directory closes it as long."""
+        dir_path = parent_of(path)
+        parent = self.inodes.by_path.get(dir_path)
+        if self.first_get is None or path == "" or parent is None or parent.kind != "dir":
+            return None
+        now = self.inodes.clock()
+        gate = self.first_gets.get(dir_path)
+        if gate is not None and gate[0] > now:
+            return None
+        self.first_gets[dir_path] = (now + self._first_get_pause(), path)
+        if len(self.first_gets) > LISTINGS_MAX:
+            for d in [d for d, (until, _) in self.first_gets.items() if until <= now]:
+                del self.first_gets[d]
+        return self.first_get
+
+    def _first_get_pause(self) -> float:
+        return max(self.inodes.ttl, FIRST_GET_PAUSE)
+
+    def _first_get_ended(self, path: str, entry: Entry | None) -> None:
+        """The GET in place of `path`'s HEAD ended: unless it found a file with bytes (kept
+        for an open), the directory's gate opens again."""
+        dir_path = parent_of(path)
+        gate = self.first_gets.get(dir_path)
+        if (gate is not None and gate[1] == path
+                and (entry is None or entry.kind != "file" or entry.size == 0)):
+            del self.first_gets[dir_path]
+
+    def warmed_up(self, page: ListPage, started: float) -> None:
+        """The mount's warm-up listed its top directory (up to LOOKUP_LIST_KEYS names, one
+        level, at monotonic time `started`): what it shows is kept for --metadata-ttl, so that
+        the first path looked up on a fresh mount costs no request for its first component.
+        Only what it shows: a name not in it is looked up in S3 as before, since it was taken
+        before the mount was live (a script that mounts, has another client write a new name,
+        then looks at it, finds it as without this listing). A directory it shows is listed
+        ahead (`_list_ahead`)."""
+        if page.next_token is None:
+            entries = self.view.page_listing("", page)
+            self.inodes.set_listing("", set(entries), started + self.inodes.ttl, entries,
+                                    complete=False)
+            if (top := self.inodes.listings.get("")) is not None:
+                # Its files' lookups start no first read: nothing says an open for reading
+                # follows (`>>` of a file there would fetch a MiB for nothing), and a lookup
+                # of one cost a HEAD before, then the GET after the open, as now.
+                top.first_reads = False
 
     def _keep_listing(self, dir_path: str, entries: dict[str, Entry], started: float) -> None:
         """Keep a complete listing that began at `started`, with the files being written
@@ -332,6 +459,8 @@ class Namespace:
         listing = self.inodes.listings.get(node.path)
         if listing is not None:
             listing.first_reads = False
+        if self.first_get is not None:  # lookups after a readdir want attributes
+            self.first_gets[node.path] = (self.inodes.clock() + self._first_get_pause(), "")
         self.ahead.listing(node.path)
         async for name, entry in self.view.children(node.path):
             if name in writing and entry.kind == "file":
@@ -543,6 +672,9 @@ class Namespace:
         listing = self.first_reads.pop(node.path, None)
         if listing is not None:  # its first read was started, and is used: go on so
             listing.first_reads = True
+        gate = self.first_gets.get(parent_of(node.path))
+        if gate is not None and gate[1] == node.path:
+            del self.first_gets[parent_of(node.path)]
         return node
 
     async def open_write(self, ino: int, flags: int) -> tuple[Node, Upload | None]:

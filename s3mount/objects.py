@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from .checksum import Algorithm
 
@@ -84,6 +84,25 @@ class Store(Protocol):
                                 start: int = 0) -> Sent: ...
     async def part_size(self, key: str, number: int, etag: str) -> int | None: ...
     async def delete(self, key: str) -> None: ...
+
+
+class FirstGet(Protocol):
+    """What a store may offer besides `Store` (optional: `first_get_of` says whether it does):
+    one GET of an object's first bytes, pinned to no ETag, whose answer says what a HEAD
+    would (ETag, metadata, Last-Modified, Content-Type; the size from Content-Range). A lookup
+    of a file that an open is likely to follow learns its attributes and the bytes of its
+    first read in one round trip (namespace.py, reader.py `Readers.get_first`)."""
+
+    async def get_first(self, key: str, into: memoryview) -> tuple[ObjectInfo, int] | None:
+        """`into` filled with the object's first bytes: what a HEAD says of the object, and how
+        many bytes came (min(size, len(into))); None if there is no object at `key`."""
+        ...
+
+
+def first_get_of(store: object) -> FirstGet | None:
+    """`store` as a FirstGet, if it offers `get_first` (wrappers forward it)."""
+    fn = getattr(store, "get_first", None)
+    return cast(FirstGet, store) if callable(fn) else None
 
 
 # An additional checksum to send: the algorithm and the base64 value.

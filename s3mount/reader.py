@@ -21,7 +21,7 @@ the cheapest the object offers: an additional checksum S3 keeps (HEAD with Check
 CRC64NVME, CRC32, SHA1, SHA256; of the whole object, or composite `-N` of its parts), else the
 ETag when it is an MD5 (one PutObject: the MD5 of its bytes; a multipart upload: the MD5 of its
 parts' MD5s). Composite values need the part sizes, asked of S3 by HEAD partNumber=N. Objects
-under CHECKSUM_MIN with an MD5 ETag skip the HEAD: hashing them costs less than asking.
+up to CHECKSUM_MIN with an MD5 ETag skip the HEAD: hashing them costs less than asking.
 A checksum that disagrees while the ETag is an MD5 fails the read, and later passes of that
 object are proven by the MD5 instead; when that proves WRONG_CHECKSUMS such objects, the server's
 checksums are taken to be wrong (said once) and reads on the mount stop preferring them.
@@ -46,7 +46,7 @@ from .checksum import Hasher
 from .config import MiB
 from .errors import IntegrityError, SizeMismatch, StoreError
 from .etag import etag_is_md5, multipart_etag, verifiable_parts
-from .objects import ObjectInfo, Store
+from .objects import FirstGet, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ VERIFY_QUEUE = 4
 FIRST_READ = 1 * MiB
 SPARE_TTL = 1.0  # seconds a first read started before an open waits for that open
 # Objects this small with an MD5 ETag are proven by it without asking for a checksum: MD5 of
-# 1 MiB is ~1.7 ms of CPU, about what a HEAD costs the mount and the server together.
+# 1 MiB is ~1.7 ms of CPU, about what a HEAD costs the mount and the server together. Up to
+# and including 1 MiB: one read of the kernel's (1 MiB) serves such a file whole, and would
+# wait for that HEAD (a round trip more for the first byte of a file of exactly 1 MiB).
 CHECKSUM_MIN = 1 * MiB
 # Objects whose checksum refused a pass that their MD5 then proved, before the server's
 # checksums are taken to be wrong rather than those passes' bytes.
@@ -316,7 +318,7 @@ class Reader:
 
     async def _plan(self) -> _Plan | None:
         md5 = None if self.md5_parts is None else _md5_plan(self.etag, self.md5_parts)
-        if md5 is not None and (self.size < CHECKSUM_MIN or not self.budget.prefer_checksums
+        if md5 is not None and (self.size <= CHECKSUM_MIN or not self.budget.prefer_checksums
                                 or self.key in self.budget.checksum_doubted):
             return md5
         try:
@@ -410,6 +412,14 @@ class Reader:
         self.next_start = end
         self.nursery.start_soon(self._fetch, chunk)
         return True
+
+    def fetched_first(self, mem: mmap.mmap, end: int) -> None:
+        """Bytes [0, end) are in `mem` (from the read budget) already: fetched before the
+        open, by the GET that looked the file up (`Readers.get_first`)."""
+        chunk = Chunk(0, end, mem=mem, fetching=False)
+        chunk.done.set()
+        self.chunks.append(chunk)
+        self.next_start = end
 
     def _covers(self, off: int) -> bool:
         return bool(self.chunks) and self.chunks[0].start <= off < self.next_start
@@ -523,9 +533,40 @@ class Readers:
         if not reader.fetch_first(FIRST_READ):
             reader.close()
             return False
+        self._spare(key, etag, reader)
+        return True
+
+    async def get_first(self, store: FirstGet, key: str) -> ObjectInfo | None:
+        """What a HEAD of `key` says, learnt from one GET of its first FIRST_READ bytes (not
+        pinned: its answer gives the ETag), whose bytes are kept for an open within SPARE_TTL
+        (as `start_first_read`'s). Without room in the read budget, a HEAD."""
+        mem = self.budget.take(FIRST_READ)
+        if mem is None:
+            return await self.store.head(key)
+        got = None
+        view = memoryview(mem)[:FIRST_READ]
+        try:
+            got = await store.get_first(key, view)
+        finally:
+            with contextlib.suppress(BufferError):  # (see `Reader._fetch`)
+                view.release()
+            if got is None or got[0].size == 0:
+                self.budget.give(mem)
+        if got is None:
+            return None
+        info, n = got
+        if info.size > 0:
+            old = self.spares.pop((key, info.etag), None)
+            if old is not None:
+                old.close()
+            reader = self._new(key, info.etag, info.size)
+            reader.fetched_first(mem, min(n, info.size))
+            self._spare(key, info.etag, reader)
+        return info
+
+    def _spare(self, key: str, etag: str, reader: Reader) -> None:
         self.spares[(key, etag)] = reader
         self.nursery.start_soon(self._expire, key, etag, reader)
-        return True
 
     async def _expire(self, key: str, etag: str, reader: Reader) -> None:
         await trio.sleep(SPARE_TTL)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,13 +61,16 @@ class S3View:
         """The entry at `path` (see `stat_listing`)."""
         return (await self.stat_listing(path))[0]
 
-    async def stat_listing(self, path: str, list_keys: int = 0
+    async def stat_listing(self, path: str, list_keys: int = 0,
+                           head: Callable[[str], Awaitable[ObjectInfo | None]] | None = None
                            ) -> tuple[Entry | None, dict[str, Entry] | None]:
         """The entry at `path`: a directory if any key lies below it or its marker exists,
         else a file if its key exists, else None. The S3 calls run concurrently. With
         `list_keys`, the LIST that looks below `path` asks for that many names, one level
         deep: a directory holding no more comes back with its complete listing as well (what
-        `small_listing` returns), so that looking up its entries next costs no request."""
+        `small_listing` returns), so that looking up its entries next costs no request.
+        `head` asks for the file's key in place of the store's HEAD (a GET that also fetches
+        its first bytes, reader.py `Readers.get_first`)."""
         if path == "":
             return self.dir_entry(), None
         found: dict[str, object] = {}
@@ -78,7 +81,7 @@ class S3View:
         prefix = self.keys.dir_prefix(path)
         try:
             async with trio.open_nursery() as n:
-                n.start_soon(run, "file", self.store.head(self.keys.file_key(path)))
+                n.start_soon(run, "file", (head or self.store.head)(self.keys.file_key(path)))
                 n.start_soon(run, "below", self.store.list_page(
                     prefix, "/" if list_keys else None, None, max(list_keys, 1)))
                 if self.keys.dir_suffix != "/":
@@ -118,14 +121,18 @@ class S3View:
         for item in shadows.drain():
             yield item
 
-    async def small_listing(self, path: str) -> dict[str, Entry] | None:
-        """Every name in directory `path` with its entry, from one LIST page; None when the
-        directory holds more than a page."""
+    async def small_listing(self, path: str, max_keys: int = 0) -> dict[str, Entry] | None:
+        """Every name in directory `path` with its entry, from one LIST page (of `max_keys`
+        names, else a full page); None when the directory holds more."""
         prefix = self.keys.dir_prefix(path)
-        page = await self.store.list_page(prefix, "/", None, self.page_size)
+        page = await self.store.list_page(prefix, "/", None, max_keys or self.page_size)
         if page.next_token is not None:
             return None
         return self._listing(path, prefix, page)
+
+    def page_listing(self, path: str, page: ListPage) -> dict[str, Entry]:
+        """The entries of directory `path` in one complete page listed one level deep."""
+        return self._listing(path, self.keys.dir_prefix(path), page)
 
     def _listing(self, path: str, prefix: str, page: ListPage) -> dict[str, Entry]:
         """The entries of one complete page, each name once, directories winning."""

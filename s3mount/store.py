@@ -118,6 +118,16 @@ def _object_args(meta: Meta | None, content_type: str | None) -> dict[str, Any]:
     return args
 
 
+def _info(key: str, r: dict[str, Any]) -> ObjectInfo:
+    """An object's attributes from a HeadObject answer (or a GET's read as one)."""
+    algo = next((a for a in KEPT.values() if r.get(a.field)), None)
+    return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
+                      normalize_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
+                      _encryption(r), dict(r.get("Metadata") or {}),
+                      r.get("ContentType") or None, algo.name if algo else None,
+                      r.get("ChecksumType") if algo else None)
+
+
 def _encryption(r: dict[str, Any]) -> str | None:
     if r.get("SSECustomerAlgorithm"):
         return "SSE-C"
@@ -487,12 +497,38 @@ class S3Store:
             r = await self._read_call(f"HEAD {key}", call)
         except NoSuchKey:
             return None
-        algo = next((a for a in KEPT.values() if r.get(a.field)), None)
-        return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp(),
-                          normalize_etag(r.get("ETag", "")), str(r[algo.field]) if algo else None,
-                          _encryption(r), dict(r.get("Metadata") or {}),
-                          r.get("ContentType") or None, algo.name if algo else None,
-                          r.get("ChecksumType") if algo else None)
+        return _info(key, r)
+
+    async def get_first(self, key: str, into: memoryview) -> tuple[ObjectInfo, int] | None:
+        """One GET of the object's first `len(into)` bytes, of whatever version is there (no
+        If-Match), read as a HEAD too: what HEAD would say, and how many bytes came; None if
+        there is no object. An empty object (no byte 0: 416) is asked by HEAD."""
+        def call() -> tuple[dict[str, Any], int] | None:
+            try:
+                if (wire := self.wire) is not None:
+                    try:
+                        return wire.get_first(key, into)
+                    except Unsupported as exc:
+                        self._lean_off(exc)
+                r = self.client.get_object(Bucket=self.bucket, Key=key,
+                                           Range=f"bytes=0-{len(into) - 1}")
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                    return None  # no byte 0: an empty object
+                raise
+            n = _read_body_into(r["Body"], into)
+            r["ContentLength"] = _range_total(r.get("ContentRange")) or n
+            return r, n
+        try:
+            got = await self._read_call(f"GET {key} (its first bytes)", call)
+        except NoSuchKey:
+            return None
+        if got is None:
+            info = await self.head(key)
+            return None if info is None else (info, 0)
+        r, n = got
+        info = _info(key, r)
+        return info, min(n, len(into), info.size)
 
     async def list_page(self, prefix: str, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:

@@ -164,11 +164,27 @@ class Wire:
                         etag: str) -> tuple[int, str | None]:
         """Bytes of `key` from `start` into `into`, if its ETag is `etag`: how many came, and
         the Content-Range (its total size). A body longer than `into` is read and dropped."""
-        end = start + len(into)
-        headers = {"range": f"bytes={start}-{end - 1}", "if-match": f'"{etag}"'}
+        got, r = self._get(key, start, into, etag)
+        return got, r.headers.get("content-range")
+
+    def get_first(self, key: str, into: memoryview) -> tuple[dict[str, Any], int]:
+        """The first bytes of `key` into `into`, of whatever version is there: the answer's
+        fields as a HeadObject's (ContentLength is the object's size, from Content-Range),
+        and how many bytes came."""
+        got, r = self._get(key, 0, into, None)
+        fields = self._object_fields(r, "GetObject")
+        total = r.headers.get("content-range", "").rpartition("/")[2]
+        fields["ContentLength"] = int(total) if total.isdigit() else got
+        return fields, got
+
+    def _get(self, key: str, start: int, into: memoryview,
+             etag: str | None) -> tuple[int, Response]:
+        headers = {"range": f"bytes={start}-{start + len(into) - 1}"}
+        if etag is not None:
+            headers["if-match"] = f'"{etag}"'
         got: list[int] = [0]
         r = self._request("GET", key, headers, None, (into, got))
-        return got[0], r.headers.get("content-range")
+        return got[0], r
 
     def put_object(self, key: str, body: bytes | memoryview,
                    headers: dict[str, str]) -> dict[str, Any]:

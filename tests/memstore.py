@@ -402,3 +402,17 @@ def _decode_token(token: str | None) -> tuple[str | None, bool]:
         return None, False
     text = base64.urlsafe_b64decode(token.encode("ascii")).decode()
     return text[1:], text[0] == "p"
+
+
+class FirstGetMemStore(MemStore):
+    """A MemStore that also offers `get_first` (s3mount/objects.py `FirstGet`): a GET of an
+    object's first bytes pinned to no ETag, answered as a HEAD is."""
+
+    async def get_first(self, key: str, into: memoryview) -> tuple[ObjectInfo, int] | None:
+        await self._request(f"GET {key} [0, {len(into)})")
+        obj = self.objects.get(key)
+        if obj is None:
+            return None
+        n = min(len(into), len(obj.data))
+        into[:n] = obj.data[:n]
+        return self._info(key, obj, head=True), n

@@ -21,6 +21,8 @@ import trio
 from s3mount.config import Config
 from s3mount.errors import StoreError
 from s3mount.fs import S3Fs
+from s3mount.keys import KeyMap
+from s3mount.mount import _warm_up
 from s3mount.store import S3Store
 from tests.conftest import Mount, get, keys, put
 from tests.faultproxy import FaultProxy, in_series
@@ -40,7 +42,8 @@ def proxy(s3server: SeaweedServer) -> Iterator[FaultProxy]:
 
 
 class CountingStore(FaultyStore):
-    """Counts HEADs and LISTs; a HEAD fails when `no_heads` is set."""
+    """Counts HEADs (and GETs of a file's first bytes, which stand in for one) and LISTs; a
+    HEAD fails when `no_heads` is set."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__(inner)
@@ -52,6 +55,12 @@ class CountingStore(FaultyStore):
         if self.no_heads:
             raise StoreError(f"HEAD {key}: not expected")
         return await super().head(key, checksum)
+
+    async def get_first(self, key: str, into: memoryview) -> Any:
+        self.heads += 1
+        if self.no_heads:
+            raise StoreError(f"GET {key} (its first bytes): not expected")
+        return await self.inner.get_first(key, into)
 
     async def list_page(self, *args: Any) -> Any:
         self.lists += 1
@@ -151,8 +160,10 @@ def test_cp_r_of_small_files_costs_one_put_each(mount_factory: Callable[..., Mou
     proxy.counts.clear()
     subprocess.run(["cp", "-r", str(src), str(m.path / "d")], check=True, timeout=60)
     counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
-    # the lookup of d (HEAD d + LIST d/), the marker d/, the 20 files
-    assert counts == {"HEAD": 1, "LIST": 1, "PUT": 21}, list(proxy.log)
+    # the lookup of d (a GET of d's first bytes, 404, for its HEAD, and LIST d/: the
+    # warm-up's listing of the top directory answers only for names it shows), the marker
+    # d/, the 20 files
+    assert counts == {"GET": 1, "LIST": 1, "PUT": 21}, list(proxy.log)
     for i in range(20):
         assert get(s3, bucket, f"d/f{i:02d}") == (src / f"f{i:02d}").read_bytes()
 
@@ -169,16 +180,19 @@ def test_fresh_mount_has_warmed_up_its_client(mount_factory: Callable[..., Mount
     assert "warming up" not in m.log()
 
 
-def test_open_on_a_fresh_mount_costs_two_round_trips(mount_factory: Callable[..., Mount],
-                                                      proxy: FaultProxy, s3: Any,
-                                                      bucket: str) -> None:
-    """Opening d/f and reading a byte on a fresh mount: the lookup of d (a HEAD and a LIST of
-    up to 100 names, at once) brings d's listing, which answers whether f exists; f's HEAD
-    brings its metadata (times, mode, owner, link-ness) and, sent with it, the GET of what the
-    first read asks: two round trips one after the other (three when the GET waited for the
-    HEAD; four without the listing). The attributes are the metadata's. A name changed by
-    this mount is not answered from the listing."""
-    body = os.urandom(300 * 1024)
+def test_open_on_a_fresh_mount_costs_one_round_trip(mount_factory: Callable[..., Mount],
+                                                    proxy: FaultProxy, s3: Any,
+                                                    bucket: str) -> None:
+    """Opening d/f and reading a byte on a fresh mount: the warm-up's listing of the top
+    directory answers the lookup of d, which starts d's listing (a LIST of up to 100 names)
+    in the background; f's lookup sends a GET of its first MiB, whose answer says what a
+    HEAD would (its metadata: times, mode, owner, link-ness) and holds what the first read
+    asks: one round trip (two when f's lookup sent a HEAD and the GET beside it; three when
+    the GET waited for the HEAD), two requests, as the raw client's one GET plus the
+    listing. A file of 1 MiB, which the kernel's first read asks whole, is verified by its
+    ETag without a HEAD for its checksum, which that read would wait for. The attributes are
+    the metadata's. A name changed by this mount is not answered from the listing."""
+    body = os.urandom(1024 * 1024)  # one read of the kernel's: verified without a HEAD
     s3.put_object(Bucket=bucket, Key="d/f.bin", Body=body, Metadata={
         "mode": str(stat.S_IFREG | 0o640), "uid": "1234", "gid": "2345",
         "mtime": "1600000000.5", "atime": "1600000001", "ctime": "1600000002"})
@@ -190,18 +204,15 @@ def test_open_on_a_fresh_mount_costs_two_round_trips(mount_factory: Callable[...
     with open(m.path / "d" / "f.bin", "rb") as f:
         assert f.read(1) == body[:1]
         assert f.read() == body[1:]
-    assert len(in_series(proxy.spans)) == 2, list(proxy.spans)
-    head, get_ = (next(s for s in proxy.spans if s.kind == kind and s.path.endswith("/d/f.bin"))
-                  for kind in ("HEAD", "GET"))
-    assert get_.arrived < head.answered and head.arrived < get_.answered  # at the same time
+    assert len(in_series(proxy.spans)) == 1, list(proxy.spans)
     counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
-    assert counts == {"HEAD": 2, "LIST": 1, "GET": 1}, list(proxy.log)
+    assert counts == {"LIST": 2, "GET": 1}, list(proxy.log)  # (LIST d/ and d/f.bin/)
     proxy.latency = 0
     st = os.stat(m.path / "d" / "f.bin")
     assert (st.st_mode, st.st_uid, st.st_gid) == (stat.S_IFREG | 0o640, 1234, 2345)
     assert (st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns) == (
         1_600_000_000_500_000_000, 1_600_000_001_000_000_000, 1_600_000_002_000_000_000)
-    assert proxy.counts["requests"] == 4  # all known from the HEAD
+    assert proxy.counts["requests"] == 3  # all known from the GET
     assert os.stat(m.path / "d" / "g.bin").st_size == 7  # from the listing too
     (m.path / "d" / "g.bin").write_bytes(b"replaced here")
     os.unlink(m.path / "d" / "f.bin")
@@ -223,7 +234,7 @@ def test_first_reads_are_not_started_for_lookups_that_want_attributes(
     out = subprocess.run(["ls", "-l", str(m.path / "d")], check=True, capture_output=True,
                          text=True).stdout
     assert out.count("1000") == 5
-    assert proxy.counts["GET"] == 0 and proxy.counts["HEAD"] == 1 + 5, dict(proxy.counts)
+    assert proxy.counts["GET"] == 0 and proxy.counts["HEAD"] == 5, dict(proxy.counts)
 
     m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
     proxy.counts.clear()
@@ -231,7 +242,8 @@ def test_first_reads_are_not_started_for_lookups_that_want_attributes(
         assert os.stat(m.path / "d" / name).st_size == 1000
     assert proxy.counts["GET"] == 1, dict(proxy.counts)  # the first stat's, then no more
     assert (m.path / "d" / "d").read_bytes() == b"d" * 1000  # its GET after its HEAD
-    assert proxy.counts["GET"] == 2 and proxy.counts["HEAD"] == 1 + 4, dict(proxy.counts)
+    # a: a GET for its HEAD; b, c: a HEAD each; d: its HEAD, then its read's GET
+    assert proxy.counts["GET"] == 2 and proxy.counts["HEAD"] == 3, dict(proxy.counts)
 
 
 def test_ls_l_reads_ahead_the_heads_of_a_listed_directory(
@@ -256,7 +268,8 @@ def test_ls_l_reads_ahead_the_heads_of_a_listed_directory(
                            text=True).stdout.splitlines()
     assert len(found) == n + 1
     entry_heads = [p for k, p in proxy.log if k == "HEAD" and "/d/" in p]
-    assert entry_heads == [] and proxy.counts["HEAD"] == 1, list(proxy.log)  # (d's lookup)
+    # (d's lookup: from the warm-up's listing of the top directory)
+    assert entry_heads == [] and proxy.counts["HEAD"] == 0, list(proxy.log)
 
     m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30")
     proxy.counts.clear()
@@ -272,7 +285,102 @@ def test_ls_l_reads_ahead_the_heads_of_a_listed_directory(
         assert (name, mode, int(size), int(mtime)) == (
             f"f{i:03d}", stat.filemode(modes[i]), i, 1_500_000_000 + i), line
     counts = {k: v for k, v in proxy.counts.items() if k != "requests"}
-    # d's lookup: a HEAD and a LIST; the readdir: a LIST; then one HEAD per file
-    assert counts == {"HEAD": 1 + n, "LIST": 2}, counts
+    # d's lookup: its LIST (ahead: the top directory's listing answered it); the readdir: a
+    # LIST; then one HEAD per file
+    assert counts == {"HEAD": n, "LIST": 2}, counts
     chain = in_series(proxy.spans)
     assert len(chain) <= n // 4, [(s.kind, s.path) for s in chain]
+
+
+S3FS_META = {"mode": str(stat.S_IFREG | 0o640), "uid": "1234", "gid": "2345",
+             "mtime": "1600000000.5", "atime": "1600000001", "ctime": "1600000002"}
+
+
+async def fresh_fs(config: Config, proxy: FaultProxy, nursery: trio.Nursery) -> S3Fs:
+    """S3Fs as mount.py starts it (the warm-up, its listing of the top directory kept) over a
+    store that can look files up by a GET of their first bytes, through the proxy."""
+    config = replace(config, endpoint_url=proxy.url, metadata_ttl=30)
+    store = S3Store(config)
+    top = await _warm_up(store, KeyMap(config.prefix, config.dir_suffix))
+    fs = S3Fs(config, store, nursery)
+    assert top is not None
+    fs.ns.warmed_up(*top)
+    return fs
+
+
+async def test_open_on_a_fresh_mount_costs_one_round_trip_with_first_gets(
+        config: Config, proxy: FaultProxy, s3: Any, bucket: str,
+        nursery: trio.Nursery) -> None:
+    """Opening d/f and reading a byte on a fresh mount, as the kernel asks it (LOOKUP d,
+    LOOKUP f, OPEN, READ), over a store that offers `get_first`: the warm-up's listing of the
+    top directory answers the lookup of d; f's lookup sends a GET of its first MiB (its
+    answer carries what a HEAD would: ETag, size, the s3fs metadata) with the LIST that says
+    whether f is a directory, and d's listing goes in the background: one round trip, and
+    the read is served by that GET. The attributes are the metadata's. A lookup in d
+    afterwards is answered by d's listing and its own GET."""
+    body = os.urandom(1024 * 1024)  # one read of the kernel's: verified without a HEAD
+    s3.put_object(Bucket=bucket, Key="d/f.bin", Body=body, Metadata=S3FS_META)
+    s3.put_object(Bucket=bucket, Key="d/g.bin", Body=b"another", Metadata=S3FS_META)
+    fs = await fresh_fs(config, proxy, nursery)
+    proxy.counts.clear()
+    proxy.spans.clear()
+    proxy.latency = ROUND_TRIP
+    d = await fs.lookup(ROOT, b"d", CTX)
+    f = await fs.lookup(d.st_ino, b"f.bin", CTX)
+    info = await fs.open(f.st_ino, os.O_RDONLY, CTX)
+    assert await fs.read(info.fh, 0, 1) == body[:1]
+    chain = in_series(proxy.spans)
+    assert len(chain) == 1, list(proxy.spans)
+    assert (f.st_mode, f.st_uid, f.st_gid, f.st_size) == (stat.S_IFREG | 0o640, 1234, 2345,
+                                                          len(body))
+    assert (f.st_mtime_ns, f.st_atime_ns, f.st_ctime_ns) == (
+        1_600_000_000_500_000_000, 1_600_000_001_000_000_000, 1_600_000_002_000_000_000)
+    proxy.latency = 0
+    assert await fs.read(info.fh, 1, len(body)) == body[1:]
+    await fs.release(info.fh)
+    await trio.sleep(0.1)  # (d's listing, in the background, has come)
+    counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
+    # f's first MiB (the whole file) and the LIST of f/ at once, d's listing alongside
+    assert counts == {"GET": 1, "LIST": 2}, list(proxy.log)
+    proxy.counts.clear()
+    g = await fs.lookup(d.st_ino, b"g.bin", CTX)
+    assert (g.st_size, g.st_mode) == (7, stat.S_IFREG | 0o640)
+    assert await errno_of(fs.lookup(d.st_ino, b"nothing", CTX)) == errno.ENOENT
+    info = await fs.open(g.st_ino, os.O_RDONLY, CTX)
+    assert await fs.read(info.fh, 0, 100) == b"another"
+    await fs.release(info.fh)
+    counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
+    assert counts == {"GET": 1}, list(proxy.log)
+
+
+async def test_first_gets_are_bounded_for_lookups_no_open_follows(
+        config: Config, proxy: FaultProxy, s3: Any, bucket: str,
+        nursery: trio.Nursery) -> None:
+    """A lookup by path that no open follows (`stat`) wastes its GET's body, up to 1 MiB:
+    once a GET found a file in a directory, the next lookups there send HEADs until an open
+    takes it or --metadata-ttl passes; a GET of a name that is not there, or a directory's,
+    costs what a HEAD would and closes nothing."""
+    for name in ("a", "b", "c"):
+        put(s3, bucket, f"e/{name}", name.encode() * 5000)
+    for i in range(120):  # more than a lookup lists: e's listing is not known
+        put(s3, bucket, f"e/z{i:03d}", b"z")
+    fs = await fresh_fs(config, proxy, nursery)
+    await trio.sleep(0.1)
+    e = await fs.lookup(ROOT, b"e", CTX)
+    await trio.sleep(0.2)  # (e's listing, in the background: incomplete, not kept)
+    proxy.counts.clear()
+    assert await errno_of(fs.lookup(e.st_ino, b"nothing", CTX)) == errno.ENOENT
+    for name in (b"a", b"b", b"c"):
+        assert (await fs.lookup(e.st_ino, name, CTX)).st_size == 5000
+    counts = {k: v for k, v in proxy.counts.items() if k not in ("requests", "get_bytes")}
+    # the missing name: a GET (404) and a LIST; a: a GET; b and c: a HEAD each; and a LIST
+    # of x/ each
+    assert counts == {"GET": 2, "HEAD": 2, "LIST": 4}, list(proxy.log)
+    assert proxy.counts["get_bytes"] <= 5000 + 1000, dict(proxy.counts)
+    a = fs.ns.inodes.by_path["e/a"].ino
+    info = await fs.open(pyfuse3.InodeT(a), os.O_RDONLY, CTX)  # the open takes it
+    assert await fs.read(info.fh, 0, 10) == b"a" * 10
+    await fs.release(info.fh)
+    fs.ns.inodes.by_path["e/b"].expires = 0
+    assert (await fs.lookup(e.st_ino, b"b", CTX)).st_size == 5000
+    assert proxy.counts["GET"] == 3 and proxy.counts["HEAD"] == 2, list(proxy.log)

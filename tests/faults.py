@@ -48,6 +48,12 @@ class FaultyStore:
             raise StoreError(f"PUT {key}: injected failure")
         return await self.inner.put(key, body, md5, checksum, meta, content_type)
 
+    async def get_first(self, key: str, into: memoryview) -> tuple[ObjectInfo, int] | None:
+        """A GET of an object's first bytes stands in for its HEAD: `head_error` fails it."""
+        if self.head_error is not None:
+            raise self.head_error
+        return await self.inner.get_first(key, into)  # type: ignore[attr-defined, no-any-return]
+
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:
         if self.head_error is not None:
             raise self.head_error

@@ -235,8 +235,7 @@ class Namespace:
         GET of its first bytes where the store can and a first read may start (below), else
         its HEAD (with the first read's GET, pinned to the listed ETag, sent alongside)."""
         listing = self.inodes.listings.get(parent_of(path))
-        gate = self.first_gets.get(parent_of(path))  # a GET of a name not listed, unopened
-        gated = gate is not None and gate[0] > self.inodes.clock()
+        gated = self._first_gets_paused(parent_of(path))
         if (self.first_get is not None and listing is not None and listing.first_reads
                 and listed.size > 0 and not gated):
             listing.first_reads = False
@@ -363,15 +362,20 @@ class Namespace:
         parent = self.inodes.by_path.get(dir_path)
         if self.first_get is None or path == "" or parent is None or parent.kind != "dir":
             return None
-        now = self.inodes.clock()
-        gate = self.first_gets.get(dir_path)
-        if gate is not None and gate[0] > now:
+        if self._first_gets_paused(dir_path):
             return None
+        now = self.inodes.clock()
         self.first_gets[dir_path] = (now + self._first_get_pause(), path)
         if len(self.first_gets) > LISTINGS_MAX:
             for d in [d for d, (until, _) in self.first_gets.items() if until <= now]:
                 del self.first_gets[d]
         return self.first_get
+
+    def _first_gets_paused(self, dir_path: str) -> bool:
+        """A GET in place of a HEAD found a file in `dir_path` and no open has taken it yet
+        (or a readdir there wants attributes): no first read starts there for now."""
+        gate = self.first_gets.get(dir_path)
+        return gate is not None and gate[0] > self.inodes.clock()
 
     def _first_get_pause(self) -> float:
         return max(self.inodes.ttl, FIRST_GET_PAUSE)

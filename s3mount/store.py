@@ -57,7 +57,7 @@ from .objects import (
     Started,
     UploadInfo,
 )
-from .wire import Unsupported, Wire
+from .wire import SEND_BLOCK, SMALL_BODY, Unsupported, Wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,13 +142,16 @@ def _returned_checksum(r: dict[str, Any], checksum: Extra | None) -> str | None:
     return str(got) if got else None
 
 
-def _body_view(body: Body) -> memoryview | None:
-    """The bytes of a body in memory, to be sent from where they are (wire.py), or None for
-    a body only readable as a file."""
+def _lean_body(body: Body, headers: dict[str, str] | None
+               ) -> tuple[memoryview, dict[str, str]] | None:
+    """A PUT's body as the lean path (wire.py) sends it, from where its bytes are, with its
+    headers; None for a body only readable as a file, or headers only boto3 can send."""
+    if headers is None:
+        return None
     if isinstance(body, bytes | bytearray):
-        return memoryview(body)
+        return memoryview(body), headers
     getbuffer = getattr(body, "getbuffer", None)
-    return None if getbuffer is None else memoryview(getbuffer())
+    return None if getbuffer is None else (memoryview(getbuffer()), headers)
 
 
 def _lean_put_headers(md5: bytes, checksum: Extra | None, meta: Meta | None,
@@ -188,10 +191,6 @@ def _rewound(body: Body) -> Any:
     return bytes(view) if len(view) <= SMALL_BODY else _SendBody(view)
 
 
-SMALL_BODY = 1024 * 1024  # bodies up to this size go as bytes, without 100-continue
-
-
-SEND_BLOCK = 1024 * 1024  # bytes per sendall of a request body (urllib3 + botocore: 128 KiB)
 
 
 class _SendBody:
@@ -406,12 +405,24 @@ class S3Store:
         self.limiter = trio.CapacityLimiter(config.max_connections)
         self.client = client if client is not None else make_client(config)
         self.health = Health(config.stall_warning)
-        # HEAD, GET and small PUTs go the lean way (wire.py) unless told not to, or given a
-        # client of the caller's (tests), whose requests must all go through it.
+        # HEAD, GET, PUT, UploadPart, DELETE and LIST go the lean way (wire.py) unless told
+        # not to, or given a client of the caller's (tests), whose requests must all go
+        # through it.
         self.wire = None if client is not None or config.sdk_requests else Wire.for_client(
             self.client, config.bucket, config.connect_timeout, config.request_timeout,
             parse_timestamp)
         self.health.lean_requests = lambda: None if self.wire is None else self.wire.sent
+
+    def _either(self, lean: Callable[[Wire], T] | None, sdk: Callable[[], T]) -> T:
+        """`lean` through the lean path where it is on (None: this request cannot go that
+        way), else `sdk` through boto3; an answer the lean path does not handle turns it off
+        and goes to boto3 too. Runs in the request's worker thread."""
+        if lean is not None and (wire := self.wire) is not None:
+            try:
+                return lean(wire)
+            except Unsupported as exc:
+                self._lean_off(exc)
+        return sdk()
 
     def _lean_off(self, why: BaseException) -> None:
         """An answer the lean path does not handle: boto3 sends every request from now on."""
@@ -487,12 +498,9 @@ class S3Store:
         args = {"ChecksumMode": "ENABLED"} if checksum else {}
 
         def call() -> dict[str, Any]:
-            if (wire := self.wire) is not None:
-                try:
-                    return wire.head_object(key, checksum)
-                except Unsupported as exc:
-                    self._lean_off(exc)
-            return self.client.head_object(Bucket=self.bucket, Key=key, **args)  # type: ignore[no-any-return]
+            return self._either(lambda wire: wire.head_object(key, checksum),
+                                lambda: self.client.head_object(Bucket=self.bucket, Key=key,
+                                                                **args))
         try:
             r = await self._read_call(f"HEAD {key}", call)
         except NoSuchKey:
@@ -503,20 +511,18 @@ class S3Store:
         """One GET of the object's first `len(into)` bytes, of whatever version is there (no
         If-Match), read as a HEAD too: what HEAD would say, and how many bytes came; None if
         there is no object. An empty object (no byte 0: 416) is asked by HEAD."""
+        def sdk() -> tuple[dict[str, Any], int]:
+            r = self.client.get_object(Bucket=self.bucket, Key=key,
+                                       Range=f"bytes=0-{len(into) - 1}")
+            return r, _read_body_into(r["Body"], into)
+
         def call() -> tuple[dict[str, Any], int] | None:
             try:
-                if (wire := self.wire) is not None:
-                    try:
-                        return wire.get_first(key, into)
-                    except Unsupported as exc:
-                        self._lean_off(exc)
-                r = self.client.get_object(Bucket=self.bucket, Key=key,
-                                           Range=f"bytes=0-{len(into) - 1}")
+                r, n = self._either(lambda wire: wire.get_first(key, into), sdk)
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
                     return None  # no byte 0: an empty object
                 raise
-            n = _read_body_into(r["Body"], into)
             r["ContentLength"] = _range_total(r.get("ContentRange")) or n
             return r, n
         try:
@@ -537,14 +543,9 @@ class S3Store:
             args["Delimiter"] = delimiter
         if token:
             args["ContinuationToken"] = token
-        def call() -> dict[str, Any]:
-            if (wire := self.wire) is not None:
-                try:
-                    return wire.list_objects_v2(prefix, delimiter, token, max_keys)
-                except Unsupported as exc:
-                    self._lean_off(exc)
-            return self.client.list_objects_v2(**args)  # type: ignore[no-any-return]
-        r = await self._read_call(f"LIST {prefix!r}", call)
+        r = await self._read_call(f"LIST {prefix!r}", lambda: self._either(
+            lambda wire: wire.list_objects_v2(prefix, delimiter, token, max_keys),
+            lambda: self.client.list_objects_v2(**args)))
         objects = [ObjectInfo(o["Key"], int(o["Size"]), o["LastModified"].timestamp(),
                               normalize_etag(o.get("ETag", ""))) for o in r.get("Contents", [])]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
@@ -589,32 +590,21 @@ class S3Store:
     def _get_into(self, key: str, start: int, into: memoryview,
                   etag: str) -> tuple[int, str | None]:
         """One ranged GET pinned to `etag` into `into`: the body's length, its Content-Range."""
-        if (wire := self.wire) is not None:
-            try:
-                return wire.get_object_into(key, start, into, etag)
-            except Unsupported as exc:
-                self._lean_off(exc)
-        r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
-                                   Range=f"bytes={start}-{start + len(into) - 1}")
-        return _read_body_into(r["Body"], into), r.get("ContentRange")
+        def sdk() -> tuple[int, str | None]:
+            r = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"',
+                                       Range=f"bytes={start}-{start + len(into) - 1}")
+            return _read_body_into(r["Body"], into), r.get("ContentRange")
+        return self._either(lambda wire: wire.get_object_into(key, start, into, etag), sdk)
 
     async def put(self, key: str, body: Body, md5: bytes, checksum: Extra | None = None,
                   meta: Meta | None = None, content_type: str | None = None) -> Sent:
         """PutObject; `meta` is user metadata (keys without `x-amz-meta-`)."""
         extra = {**_extra_args(checksum), **_object_args(meta, content_type)}
-        lean = _lean_put_headers(md5, checksum, meta, content_type)
-
-        def call() -> dict[str, Any]:
-            if (wire := self.wire) is not None and lean is not None and (
-                    view := _body_view(body)) is not None:
-                try:
-                    return wire.put_object(key, view, lean)
-                except Unsupported as exc:
-                    self._lean_off(exc)
-            return self.client.put_object(  # type: ignore[no-any-return]
-                Bucket=self.bucket, Key=key, Body=_rewound(body), ContentMD5=_b64(md5),
-                **extra)
-        r = await self._write_call(f"PUT {key}", call)
+        lean = _lean_body(body, _lean_put_headers(md5, checksum, meta, content_type))
+        r = await self._write_call(f"PUT {key}", lambda: self._either(
+            None if lean is None else lambda wire: wire.put_object(key, *lean),
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=_rewound(body),
+                                           ContentMD5=_b64(md5), **extra)))
         return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 
@@ -634,19 +624,12 @@ class S3Store:
     async def upload_part(self, key: str, upload_id: str, number: int,
                           body: Body, md5: bytes, checksum: Extra | None = None) -> Sent:
         extra = _extra_args(checksum)
-        lean = _lean_put_headers(md5, checksum, None, None)
-
-        def call() -> dict[str, Any]:
-            if (wire := self.wire) is not None and lean is not None and (
-                    view := _body_view(body)) is not None:
-                try:
-                    return wire.upload_part(key, upload_id, number, view, lean)
-                except Unsupported as exc:
-                    self._lean_off(exc)
-            return self.client.upload_part(  # type: ignore[no-any-return]
+        lean = _lean_body(body, _lean_put_headers(md5, checksum, None, None))
+        r = await self._write_call(f"PART {number} of {key}", lambda: self._either(
+            None if lean is None else lambda wire: wire.upload_part(key, upload_id, number, *lean),
+            lambda: self.client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=_rewound(body), ContentMD5=_b64(md5), **extra)
-        r = await self._write_call(f"PART {number} of {key}", call)
+                Body=_rewound(body), ContentMD5=_b64(md5), **extra)))
         return Sent(normalize_etag(r.get("ETag", "")), _returned_checksum(r, checksum),
                     _encryption(r))
 
@@ -712,14 +695,11 @@ class S3Store:
         so a refusal there is asked again unpinned if the object still has `etag` (a HEAD);
         callers that copy pin their copies too."""
         def call(pinned: bool) -> dict[str, Any]:
-            if (wire := self.wire) is not None:
-                try:
-                    return wire.head_object(key, part=number, if_match=etag if pinned else None)
-                except Unsupported as exc:
-                    self._lean_off(exc)
-            return self.client.head_object(  # type: ignore[no-any-return]
-                Bucket=self.bucket, Key=key, PartNumber=number,
-                **({"IfMatch": f'"{etag}"'} if pinned else {}))
+            return self._either(
+                lambda wire: wire.head_object(key, part=number,
+                                              if_match=etag if pinned else None),
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=number,
+                                                **({"IfMatch": f'"{etag}"'} if pinned else {})))
         what = f"HEAD {key} part {number}"
         try:
             r = await self._read_call(what, functools.partial(call, True))
@@ -733,14 +713,9 @@ class S3Store:
         return int(r["ContentLength"])
 
     async def delete(self, key: str) -> None:
-        def call() -> None:
-            if (wire := self.wire) is not None:
-                try:
-                    return wire.delete_object(key)
-                except Unsupported as exc:
-                    self._lean_off(exc)
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        await self._write_call(f"DELETE {key}", call)
+        await self._write_call(f"DELETE {key}", lambda: self._either(
+            lambda wire: wire.delete_object(key),
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=key)))
 
     async def upload_parts(self, key: str, upload_id: str) -> tuple[int, int]:
         """Number of parts and bytes a multipart upload holds so far."""

@@ -92,11 +92,12 @@ class Response:
         self.body = b""  # the body of a success not read into the caller's buffer
         self.unsent = False  # answered before the request's body was sent
         self.error: Exception | None = None  # S3's error, as boto3 raises it
+        self.got = 0  # the length of a body read into the caller's buffer
 
 
 class Wire:
-    """Sends HEAD, GET and PUT of objects of one bucket; thread-safe (a pool of connections,
-    one per request at a time)."""
+    """Sends the lean requests for one bucket; thread-safe (a pool of connections, one per
+    request at a time)."""
 
     def __init__(self, base: str, region: str, credentials: Any, connect_timeout: float,
                  timeout: float, parse_time: Callable[[str], Any]) -> None:
@@ -142,10 +143,9 @@ class Wire:
             return None
         base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path[:-2], "", ""))
         return cls(base, client.meta.region_name, client._request_signer._credentials,
-                   connect_timeout,
-                   timeout, parse_time)
+                   connect_timeout, timeout, parse_time)
 
-    # -- the three requests, shaped as boto3's answers -----------------------------------
+    # -- the requests, answered as boto3 answers them --------------------------------------
 
     def head_object(self, key: str, checksum: bool = False, part: int | None = None,
                     if_match: str | None = None) -> dict[str, Any]:
@@ -153,50 +153,44 @@ class Wire:
         headers = {"x-amz-checksum-mode": "ENABLED"} if checksum else {}
         if if_match is not None:
             headers["if-match"] = f'"{if_match}"'
-        r = self._request("HEAD", key, headers, None, None,
-                          None if part is None else {"partNumber": str(part)})
+        r = self._request("HEAD", key, headers, query=None if part is None
+                          else {"partNumber": str(part)})
         return self._object_fields(r, "HeadObject")
 
     def delete_object(self, key: str) -> None:
-        self._request("DELETE", key, {}, None, None)
+        self._request("DELETE", key, {})
 
     def get_object_into(self, key: str, start: int, into: memoryview,
                         etag: str) -> tuple[int, str | None]:
         """Bytes of `key` from `start` into `into`, if its ETag is `etag`: how many came, and
         the Content-Range (its total size). A body longer than `into` is read and dropped."""
-        got, r = self._get(key, start, into, etag)
-        return got, r.headers.get("content-range")
+        r = self._get(key, start, into, etag)
+        return r.got, r.headers.get("content-range")
 
     def get_first(self, key: str, into: memoryview) -> tuple[dict[str, Any], int]:
         """The first bytes of `key` into `into`, of whatever version is there: the answer's
-        fields as a HeadObject's (ContentLength is the object's size, from Content-Range),
-        and how many bytes came."""
-        got, r = self._get(key, 0, into, None)
-        fields = self._object_fields(r, "GetObject")
-        total = r.headers.get("content-range", "").rpartition("/")[2]
-        fields["ContentLength"] = int(total) if total.isdigit() else got
-        return fields, got
+        fields as boto3's GetObject gives them (`ContentRange` says the object's size), and
+        how many bytes came."""
+        r = self._get(key, 0, into, None)
+        return self._object_fields(r, "GetObject"), r.got
 
-    def _get(self, key: str, start: int, into: memoryview,
-             etag: str | None) -> tuple[int, Response]:
+    def _get(self, key: str, start: int, into: memoryview, etag: str | None) -> Response:
         headers = {"range": f"bytes={start}-{start + len(into) - 1}"}
         if etag is not None:
             headers["if-match"] = f'"{etag}"'
-        got: list[int] = [0]
-        r = self._request("GET", key, headers, None, (into, got))
-        return got[0], r
+        return self._request("GET", key, headers, into=into)
 
     def put_object(self, key: str, body: bytes | memoryview,
                    headers: dict[str, str]) -> dict[str, Any]:
         """PutObject of a body in memory; `headers` as sent (content-md5, x-amz-meta-*, ...)."""
-        r = self._request("PUT", key, headers, body, None)
+        r = self._request("PUT", key, headers, body)
         return self._object_fields(r, "PutObject")
 
     def upload_part(self, key: str, upload_id: str, number: int, body: memoryview,
                     headers: dict[str, str]) -> dict[str, Any]:
         """UploadPart of a body in memory, sent from its buffer; `headers` as put_object's."""
-        r = self._request("PUT", key, headers, body, None,
-                          {"partNumber": str(number), "uploadId": upload_id})
+        r = self._request("PUT", key, headers, body,
+                          query={"partNumber": str(number), "uploadId": upload_id})
         return self._object_fields(r, "UploadPart")
 
     def list_objects_v2(self, prefix: str, delimiter: str | None, token: str | None,
@@ -210,7 +204,7 @@ class Wire:
             query["delimiter"] = delimiter
         if token:
             query["continuation-token"] = token
-        return self._listing(self._request("GET", None, {}, None, None, query).body)
+        return self._listing(self._request("GET", None, {}, query=query).body)
 
     def _listing(self, xml: bytes) -> dict[str, Any]:
         root = ElementTree.fromstring(xml)
@@ -247,7 +241,7 @@ class Wire:
                     out["ChecksumType"] = value
                 elif kind != "mode":
                     out["Checksum" + kind.upper()] = value
-        for name, field in (("content-type", "ContentType"),
+        for name, field in (("content-type", "ContentType"), ("content-range", "ContentRange"),
                             ("x-amz-server-side-encryption", "ServerSideEncryption"),
                             ("x-amz-server-side-encryption-customer-algorithm",
                              "SSECustomerAlgorithm")):
@@ -260,9 +254,11 @@ class Wire:
     # -- plumbing ------------------------------------------------------------------------
 
     def _request(self, method: str, key: str | None, headers: dict[str, str],
-                 body: bytes | memoryview | None, into: tuple[memoryview, list[int]] | None,
+                 body: bytes | memoryview | None = None, into: memoryview | None = None,
                  query: dict[str, str] | None = None) -> Response:
-        """One request for `key` (None: the bucket) with `query` parameters. A body larger
+        """One request for `key` (None: the bucket) with `query` parameters; a successful
+        answer's body goes into `into` if given (`Response.got`: its length), else into
+        `Response.body`. A body larger
         than SMALL_BODY waits for the server's `100 Continue` before it is sent, so that a
         refusal (a wrong signature, a missing upload) is read as such, not as a reset."""
         path = (self.path + "/" + urllib.parse.quote(key, safe=_SAFE) if key is not None
@@ -287,19 +283,14 @@ class Wire:
             conn.sock.sendall(message)
             line = self._send_after_continue(conn, body) if expect else None
             r = self._response(conn, method, into, line)
-        except (ConnectionResetError, BrokenPipeError, _Closed) as exc:
+        except BaseException as exc:
             if conn is not None:
                 conn.close()
-            raise ConnectionError(f"connection to {self.host_header} lost: {exc}") from None
-        except OSError as exc:  # refused, timed out, name unknown, TLS
-            if conn is not None:
-                conn.close()
-            if isinstance(exc, TimeoutError | ConnectionError):
-                raise
-            raise ConnectionError(f"{self.host_header}: {exc}") from None
-        except BaseException:
-            if conn is not None:
-                conn.close()
+            if isinstance(exc, ConnectionResetError | BrokenPipeError | _Closed):
+                raise ConnectionError(f"connection to {self.host_header} lost: {exc}") from None
+            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError | ConnectionError):
+                # refused, name unknown, TLS: as boto3's connection errors, worth a retry
+                raise ConnectionError(f"{self.host_header}: {exc}") from None
             raise
         if r.headers.get("connection", "").lower() == "close" or r.unsent:
             conn.close()
@@ -322,8 +313,7 @@ class Wire:
                 raise _Closed("closed before an answer")
             if b" 100 " not in line[:13] and not line.rstrip().endswith(b" 100"):
                 return line  # refused before the body: the answer says why
-            while conn.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass
+            _skip_headers(conn.rfile)
         view = memoryview(body).cast("B")
         for at in range(0, len(view), SEND_BLOCK):
             conn.sock.sendall(view[at:at + SEND_BLOCK])
@@ -343,8 +333,7 @@ class Wire:
             conn.close()
         return _Connection(self.host, self.port, self.tls, self.connect_timeout, self.timeout)
 
-    def _response(self, conn: _Connection, method: str,
-                  into: tuple[memoryview, list[int]] | None,
+    def _response(self, conn: _Connection, method: str, into: memoryview | None,
                   line: bytes | None = None) -> Response:
         """Read one answer; `line` is its status line when already read (the body of the
         request then was not sent: the connection is not reused)."""
@@ -361,9 +350,7 @@ class Wire:
                 raise ConnectionError(f"not an HTTP answer: {line[:80]!r}") from None
             if status >= 200:
                 break
-            # An interim answer (a 100 Continue that came late, after the body): skip it.
-            while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass
+            _skip_headers(rfile)  # an interim answer (a 100 Continue after the body)
             line, unsent = None, False
         headers: dict[str, str] = {}
         meta: dict[str, str] = {}
@@ -379,12 +366,12 @@ class Wire:
             headers[low] = f"{headers[low]}, {value}" if low in headers else value
             if low.startswith(META):
                 meta[name[len(META):]] = value
-        has_body = method != "HEAD" and status not in (204, 304) and status >= 200
+        has_body = method != "HEAD" and status not in (204, 304)
         if 200 <= status < 300 and not unsent:
             r = Response(status, headers, meta)
             if has_body:
                 if into is not None:
-                    self._read_into(conn, headers, into)
+                    r.got = self._read_into(conn, headers, into)
                 else:
                     r.body = self._drain(conn, headers)
             return r
@@ -402,16 +389,14 @@ class Wire:
         r.error = botocore.exceptions.ClientError(answer, method)
         return r
 
-    def _read_into(self, conn: _Connection, headers: dict[str, str],
-                   into: tuple[memoryview, list[int]]) -> None:
-        view, got = into
+    def _read_into(self, conn: _Connection, headers: dict[str, str], view: memoryview) -> int:
+        """The body into `view` (what does not fit is read and dropped): its length."""
         length = self._length(headers)
         if length is None:  # chunked: rare for a GET of an object; read it whole
             data = self._drain(conn, headers)
             n = min(len(data), len(view))
             view[:n] = data[:n]
-            got[0] = len(data)
-            return
+            return len(data)
         n = 0
         want = min(length, len(view))
         while n < want:
@@ -425,7 +410,7 @@ class Wire:
             if not chunk:
                 raise _Closed(f"the body ended {rest} bytes early")
             rest -= len(chunk)
-        got[0] = length
+        return length
 
     def _drain(self, conn: _Connection, headers: dict[str, str]) -> bytes:
         length = self._length(headers)
@@ -444,8 +429,7 @@ class Wire:
                 raise _Closed("the chunked body ended early")
             size = int(size_line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
-                while conn.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
+                _skip_headers(conn.rfile)  # the trailer
                 return bytes(out)
             out += conn.rfile.read(size)
             conn.rfile.readline(65537)
@@ -493,6 +477,12 @@ class Wire:
                 key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
             self.keys = {(day, secret): key}
         return key
+
+
+def _skip_headers(rfile: io.BufferedReader) -> None:
+    """Read up to the blank line that ends a header block (or the connection's end)."""
+    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+        pass
 
 
 class _Closed(Exception):

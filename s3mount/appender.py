@@ -33,14 +33,12 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING
 
-import trio
-
 from .assembler import COPY_VERIFY_ATTEMPTS, MD5_HEX
 from .config import S3_MAX_PART, S3_MIN_PART
-from .errors import IntegrityError, first_error
-from .etag import multipart_etag
+from .errors import IntegrityError
+from .etag import etag_like
 from .objects import Extra, Sent
-from .renamer import part_layout, parts_of
+from .renamer import each_part, part_layout, parts_of
 
 if TYPE_CHECKING:
     from .writer import Upload
@@ -134,7 +132,7 @@ async def _copy_in(up: Upload, key: str, size: int, etag: str) -> str | None:
                                  f"{up.algo.s3_name} checksums of the parts it copied, so "
                                  "they cannot be verified; the old object is unchanged")
         digests = [bytes.fromhex(a) for a in answers] + tail_md5
-        combined = digests[0].hex() if len(sizes) == 1 else multipart_etag(digests)
+        combined = etag_like(etag, digests)
         if combined == etag:
             break
         attempt += 1
@@ -165,17 +163,9 @@ async def _copy_parts(up: Upload, key: str, upload_id: str, sizes: list[int],
     """UploadPartCopy of the old object's parts `sizes` as parts 1..K, in parallel."""
     sents: list[Sent | None] = [None] * len(sizes)
 
-    async def one(i: int, start: int) -> None:
-        async with up.mgr.part_slots:
-            sents[i] = await up.store.copy_part_checked(
-                key, upload_id, i + 1, key, sizes[i], etag, up.algo, start=start)
+    async def one(number: int, start: int, size: int) -> None:
+        sents[number - 1] = await up.store.copy_part_checked(
+            key, upload_id, number, key, size, etag, up.algo, start=start)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            start = 0
-            for i, part in enumerate(sizes):
-                nursery.start_soon(one, i, start)
-                start += part
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
+    await each_part(sizes, one, up.mgr.part_slots)
     return [s for s in sents if s is not None]

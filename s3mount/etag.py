@@ -75,6 +75,13 @@ def multipart_etag(digests: Sequence[bytes]) -> str:
     return f"{combined.hexdigest()}-{len(digests)}"
 
 
+def etag_like(etag: str, digests: Sequence[bytes]) -> str:
+    """What S3 makes of the MD5s of an object's parts, for an object whose ETag is shaped
+    like `etag`: the one digest of a single-part object, else the multipart ETag (a
+    multipart object of one part has `-1`)."""
+    return single_etag(digests[0]) if "-" not in etag else multipart_etag(digests)
+
+
 def normalize_etag(s: str) -> str:
     """An ETag as S3 sends it (quoted, e.g. ``"ABC-3"``) in this module's form: ``abc-3``."""
     s = s.strip()

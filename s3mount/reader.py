@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import mmap
@@ -45,7 +46,7 @@ from .buffers import ReadBudget
 from .checksum import Hasher
 from .config import MiB
 from .errors import IntegrityError, SizeMismatch, StoreError
-from .etag import etag_is_md5, multipart_etag, verifiable_parts
+from .etag import etag_is_md5, etag_like, verifiable_parts
 from .objects import FirstGet, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,8 @@ class _Plan:
 
 
 def _md5_plan(etag: str, parts: int) -> _Plan:
-    def combine(digests: list[bytes]) -> str:
-        return digests[0].hex() if "-" not in etag else multipart_etag(digests)
-    return _Plan(etag, parts, lambda: hashlib.md5(usedforsecurity=False), combine,
+    return _Plan(etag, parts, lambda: hashlib.md5(usedforsecurity=False),
+                 functools.partial(etag_like, etag),
                  f"MD5s (its ETag is {etag})", md5=True)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -57,20 +57,31 @@ async def part_layout(store: Store, key: str, size: int, etag: str) -> list[int]
     n = parts_of(etag)
     sizes: list[int | None] = [None] * n
 
-    async def one(i: int) -> None:
-        async with limit:
-            sizes[i] = await store.part_size(key, i + 1, etag)
+    async def one(number: int, _start: int, _size: int) -> None:
+        sizes[number - 1] = await store.part_size(key, number, etag)
 
-    limit = trio.Semaphore(COPY_CONCURRENCY)
-    try:
-        async with trio.open_nursery() as nursery:
-            for i in range(n):
-                nursery.start_soon(one, i)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
+    await each_part([0] * n, one, trio.Semaphore(COPY_CONCURRENCY))
     if n and all(s is not None for s in sizes) and sum(s or 0 for s in sizes) == size:
         return [s or 0 for s in sizes]
     return None
+
+
+async def each_part(sizes: Sequence[int], one: Callable[[int, int, int], Awaitable[None]],
+                    limit: trio.Semaphore | trio.CapacityLimiter) -> None:
+    """Run `one(number, start, size)` for parts 1..N of these sizes at once, each holding
+    `limit`; the first failure is raised (the others are cancelled)."""
+    async def run(number: int, start: int, size: int) -> None:
+        async with limit:
+            await one(number, start, size)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            start = 0
+            for number, size in enumerate(sizes, 1):
+                nursery.start_soon(run, number, start, size)
+                start += size
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
 
 
 def check(src_kind: Kind, old: str, dst_kind: Kind | None, new: str, noreplace: bool,
@@ -186,22 +197,12 @@ class Renamer:
         started = await self.store.create_upload(dst, meta=meta,
                                                  content_type=info.content_type)
         etags: dict[int, str] = {}
+
+        async def one(number: int, start: int, size: int) -> None:
+            etags[number] = await self.store.copy_part(
+                dst, started.upload_id, number, info.key, start, start + size, info.etag)
         try:
-            limit = trio.Semaphore(COPY_CONCURRENCY)
-
-            async def one(number: int, start: int, end: int) -> None:
-                async with limit:
-                    etags[number] = await self.store.copy_part(
-                        dst, started.upload_id, number, info.key, start, end, info.etag)
-
-            try:
-                async with trio.open_nursery() as nursery:
-                    start = 0
-                    for number, size in enumerate(sizes, 1):
-                        nursery.start_soon(one, number, start, start + size)
-                        start += size
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
+            await each_part(sizes, one, trio.Semaphore(COPY_CONCURRENCY))
             await self.store.complete_upload(
                 dst, started.upload_id, [(n, etags[n], None) for n in sorted(etags)])
         except BaseException:

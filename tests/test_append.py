@@ -48,16 +48,17 @@ def proxied(target: tuple[Server, Any, str],
             assert "Traceback" not in m.log() and "unexpectedly" not in m.log(), m.log()
 
 
-def put_old(client: Any, bucket: str, key: str, body: bytes, multipart: bool) -> str:
-    """Store `body` as one PUT or as a multipart upload of 5 MiB parts; its ETag."""
+def put_old(client: Any, bucket: str, key: str, body: bytes, multipart: bool,
+            part: int = 5 * MiB) -> str:
+    """Store `body` as one PUT or as a multipart upload of `part`-sized parts; its ETag."""
     if not multipart:
         client.put_object(Bucket=bucket, Key=key, Body=body)
     else:
         up = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         parts = []
-        for n, off in enumerate(range(0, len(body), 5 * MiB), 1):
+        for n, off in enumerate(range(0, len(body), part), 1):
             r = client.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=n,
-                                   Body=body[off:off + 5 * MiB])
+                                   Body=body[off:off + part])
             parts.append({"PartNumber": n, "ETag": r["ETag"]})
         client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up,
                                          MultipartUpload={"Parts": parts})
@@ -77,16 +78,20 @@ def shell_append(path: Path, src: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-@pytest.mark.parametrize("multipart", [False, True], ids=["single-part", "multipart"])
+@pytest.mark.parametrize("layout", ["single-part", "multipart", "one-part multipart"])
 def test_append_copies_the_old_parts(proxied: tuple[Callable[[], Mount], FaultProxy, Any, str],
-                                     tmp_path: Path, multipart: bool) -> None:
-    """`>>` onto a 22 MiB object: its parts (the whole of a single-part object; the four 5 MiB
-    parts of a multipart one, whose short last part is read back) are copied by the server,
-    and no more of it is read than that last part; done twice, the second time onto the
-    object the first append made."""
+                                     tmp_path: Path, layout: str) -> None:
+    """`>>` onto a 22 MiB object: its parts (the whole of a single-part object, or of a
+    multipart one of a single part, whose ETag is `...-1`; the four 5 MiB parts of a
+    multipart one, whose short last part is read back) are copied by the server, and no more
+    of it is read than that last part; done twice, the second time onto the object the first
+    append made."""
     make, proxy, client, bucket = proxied
     old = os.urandom(OLD)
-    put_old(client, bucket, "log.bin", old, multipart)
+    multipart = layout == "multipart"
+    etag = put_old(client, bucket, "log.bin", old, layout != "single-part", part=(
+        OLD if layout == "one-part multipart" else 5 * MiB))
+    assert etag.endswith("-1") == (layout == "one-part multipart")
     extra, more = os.urandom(NEW), os.urandom(1000)
     src = tmp_path / "extra"
     src.write_bytes(extra)

@@ -5,7 +5,9 @@ to the kernel with no attributes yet, and `ls -l` then asks for each one in turn
 after another. As s3fs-fuse does, the first time attributes are asked for a file of a
 directory just read by readdir, the HEADs of the other files it listed start, in listing order,
 `AHEAD_HEADS` at a time, so that the next lookups find them ready; a lookup of a file whose HEAD
-is under way waits for it instead of sending its own. Nothing starts until attributes are
+is under way waits for it instead of sending its own. They go in fetches of half that many,
+each one worker thread's turn (store `head_many`: a lone HEAD's thread hand-over cost more of
+the mount's CPU than the HEAD), each file's answer recorded as it comes. Nothing starts until attributes are
 asked for (`find` and `ls` read names only), and the read ahead keeps at most `AHEAD_WINDOW`
 files fetched and not yet asked for (what a glob such as `ls -l d/a*` can waste; fetched
 attributes are fresh for --metadata-ttl only, so running far ahead would waste them too).
@@ -81,11 +83,17 @@ class _Dir:
 
 class Lookahead:
     def __init__(self, nursery: trio.Nursery | None,
-                 fetch: Callable[[str], Awaitable[None]], heads: int = AHEAD_HEADS,
+                 fetch: Callable[[list[str], Callable[[str], None]], Awaitable[None]],
+                 heads: int = AHEAD_HEADS,
                  idle: float = 1.0) -> None:
         self.nursery = nursery  # None: no read ahead (unit tests, --metadata-ttl 0)
-        self.fetch = fetch  # sends one file's HEAD and records its metadata
+        # Sends the files' HEADs and records their metadata, calling its second argument
+        # with each path as that one is done
+        self.fetch = fetch
         self.heads = max(1, heads)
+        # HEADs handed to one fetch (one worker thread's turn: wire.head_objects): two
+        # fetches under way, the next one started once a whole batch's room is free
+        self.batch = max(1, self.heads // 2)
         self.idle = idle  # seconds after which a directory's names are dropped
         self.dirs: OrderedDict[str, _Dir] = OrderedDict()
         self.in_flight: dict[str, trio.Event] = {}  # by path: set when its HEAD has ended
@@ -148,7 +156,7 @@ class Lookahead:
         if ev is None and name in d.todo:
             if d.start < 0:
                 d.start = d.cursor = d.todo[name]
-            ev = self._start(d, name, self.nursery)
+            ev = self._start(d, [name], self.nursery)[0]
         if not d.running and d.todo:
             d.running = True
             if d.start < 0:
@@ -157,33 +165,56 @@ class Lookahead:
         d.poke()
         return ev
 
-    def _start(self, d: _Dir, name: str, nursery: trio.Nursery) -> trio.Event:
-        del d.todo[name]
-        path = join(d.path, name)
-        ev = self.in_flight[path] = trio.Event()
-        d.in_flight += 1
-        nursery.start_soon(self._fetch_one, d, path, ev)
-        return ev
+    def _start(self, d: _Dir, names: list[str], nursery: trio.Nursery) -> list[trio.Event]:
+        """Start one fetch of these names' HEADs: the event of each, set when it ends."""
+        paths = [join(d.path, name) for name in names]
+        events = [trio.Event() for _ in names]
+        for name, path, ev in zip(names, paths, events, strict=True):
+            del d.todo[name]
+            self.in_flight[path] = ev
+        d.in_flight += len(names)
+        nursery.start_soon(self._fetch, d, paths, events)
+        return events
 
-    async def _fetch_one(self, d: _Dir, path: str, ev: trio.Event) -> None:
-        try:
-            await self.fetch(path)
-        except FsError as exc:  # the lookup that wants it sends its own request, and says
-            log.debug("reading ahead the attributes of %r: %s", path, exc)
-        finally:
+    async def _fetch(self, d: _Dir, paths: list[str], events: list[trio.Event]) -> None:
+        pending = dict(zip(paths, events, strict=True))
+
+        def done(path: str) -> None:
+            ev = pending.pop(path, None)
+            if ev is None:
+                return  # not this fetch's, or said already
             d.in_flight -= 1
             if self.in_flight.get(path) is ev:
                 del self.in_flight[path]
             ev.set()
             d.poke()
+        try:
+            await self.fetch(paths, done)
+        except FsError as exc:  # the lookups that want them send their own requests, and say
+            log.debug("reading ahead the attributes of %r and %d more: %s", paths[0],
+                      len(paths) - 1, exc)
+        finally:
+            for path in list(pending):
+                done(path)
+
+    def _room(self, d: _Dir, batch: list[str]) -> bool:
+        """Whether `batch` may take one more name."""
+        return (len(batch) < self.batch and d.in_flight + len(batch) < self.heads
+                and len(d.unclaimed) + len(batch) < AHEAD_WINDOW)
+
+    def _wait(self, d: _Dir) -> bool:
+        """Whether the next fetch waits: for a whole batch's room (unless none is under
+        way), or for names fetched ahead to be asked for."""
+        return (d.in_flight > 0 and self.heads - d.in_flight < self.batch
+                or len(d.unclaimed) >= AHEAD_WINDOW)
 
     async def _run(self, d: _Dir) -> None:
-        """Start the HEADs of the listed files in order, `heads` at a time, keeping at most
-        AHEAD_WINDOW not asked for; stop when done, dropped, or nothing is asked for a while."""
+        """Start the HEADs of the listed files in order, at most `heads` under way in fetches
+        of `heads // 2`, keeping at most AHEAD_WINDOW not asked for; stop when done, dropped,
+        or nothing is asked for a while."""
         try:
             while (name := d.next_name()) is not None:
-                while not d.dropped and (d.in_flight >= self.heads
-                                         or len(d.unclaimed) >= AHEAD_WINDOW):
+                while not d.dropped and self._wait(d):
                     d.wake = trio.Event()
                     with trio.move_on_after(AHEAD_STALL) as scope:
                         await d.wake.wait()
@@ -192,9 +223,16 @@ class Lookahead:
                         return  # nothing asked for: a glob, or the program stopped
                 if d.dropped:
                     return
-                if name in d.todo:
-                    d.unclaimed.add(name)
+                batch: list[str] = []
+                while name is not None:
+                    if name in d.todo:
+                        batch.append(name)
+                    if not self._room(d, batch):
+                        break
+                    name = d.next_name()
+                if batch:
+                    d.unclaimed.update(batch)
                     assert self.nursery is not None
-                    self._start(d, name, self.nursery)
+                    self._start(d, batch, self.nursery)
         finally:
             d.running = False

@@ -28,7 +28,7 @@ import trio
 
 from . import appender, renamer
 from .config import S3_MAX_PUT, Config
-from .errors import FsError
+from .errors import FsError, StoreError
 from .etag import EMPTY_MD5
 from .inodes import LISTINGS_MAX, ROOT_INODE, InodeTable, Listing, Node
 from .keys import NAME_MAX, KeyMap, decode_name, join, parent_of, valid_name
@@ -41,7 +41,7 @@ from .meta import (
     link_target,
     symlink_body,
 )
-from .objects import ListPage, ObjectInfo, Store
+from .objects import ListPage, ObjectInfo, Store, many_heads_of
 from .renamer import Renamer
 from .s3view import Entry, S3View, file_entry
 from .writer import Upload, Uploads, UploadState
@@ -281,21 +281,37 @@ class Namespace:
         await ev.wait()
         return True
 
-    async def _fetch_ahead(self, path: str) -> None:
-        """Read ahead the metadata of a file a readdir listed (one HEAD), and record it
-        unless this mount changed the name meanwhile or S3 no longer has it (then a lookup
-        sends its own requests)."""
-        node = self.inodes.by_path.get(path)
-        parent = self.inodes.by_path.get(parent_of(path))
-        if (node is None or parent is None or node.kind != "file" or node.meta is not None
-                or node.writing):
+    async def _fetch_ahead(self, paths: list[str], done: Callable[[str], None]) -> None:
+        """Read ahead the metadata of files a readdir listed (a HEAD each; several sent
+        together where the store can), and record it unless this mount changed the name
+        meanwhile or S3 no longer has it (then a lookup sends its own requests); `done(path)`
+        as each one is."""
+        todo: list[tuple[str, Node, Node, int]] = []
+        for path in paths:
+            node = self.inodes.by_path.get(path)
+            parent = self.inodes.by_path.get(parent_of(path))
+            if (node is not None and parent is not None and node.kind == "file"
+                    and node.meta is None and not node.writing):
+                todo.append((path, node, parent, parent.writes))
+            else:
+                done(path)
+
+        def record(i: int, info: ObjectInfo | None | StoreError) -> None:
+            path, node, parent, writes = todo[i]
+            if isinstance(info, StoreError):
+                log.debug("reading ahead the attributes of %r: %s", path, info)
+            elif (info is not None and self.inodes.by_path.get(path) is node
+                    and self.inodes.by_path.get(parent_of(path)) is parent
+                    and parent.writes == writes and not node.writing and node.meta is None):
+                self.inodes.upsert(path, file_entry(info))
+            done(path)
+
+        many = many_heads_of(self.store)
+        if len(todo) > 1 and many is not None:
+            await many.head_many([self.keys.file_key(path) for path, *_ in todo], record)
             return
-        writes = parent.writes
-        entry = await self._head_file(path)
-        if (entry is not None and self.inodes.by_path.get(path) is node
-                and self.inodes.by_path.get(parent_of(path)) is parent
-                and parent.writes == writes and not node.writing and node.meta is None):
-            self.inodes.upsert(path, entry)
+        for i, (path, *_) in enumerate(todo):
+            record(i, await self.store.head(self.keys.file_key(path)))
 
     async def _head_file(self, path: str) -> Entry | None:
         """The file at `path` with its metadata (one HEAD), or None if there is none."""

@@ -4,11 +4,12 @@ memory, and the layers above (namespace, reader, writer, renamer, fs) depend onl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from .checksum import Algorithm
+from .errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,25 @@ class FirstGet(Protocol):
         """`into` filled with the object's first bytes: what a HEAD says of the object, and how
         many bytes came (min(size, len(into))); None if there is no object at `key`."""
         ...
+
+
+class ManyHeads(Protocol):
+    """What a store may offer besides `Store` (optional: `many_heads_of` says whether it
+    does): the HEADs of several keys at once, for less CPU than as many `head` calls
+    (lookahead.py, `ls -l`)."""
+
+    async def head_many(self, keys: list[str],
+                        each: Callable[[int, ObjectInfo | None | StoreError], None] | None = None
+                        ) -> list[ObjectInfo | None | StoreError]:
+        """What `head` says of each key, or the error a HEAD of it alone would raise; also
+        given to `each(index, answer)` as each comes (in the caller's thread)."""
+        ...
+
+
+def many_heads_of(store: object) -> ManyHeads | None:
+    """`store` as a ManyHeads, if it offers `head_many` (wrappers forward it)."""
+    fn = getattr(store, "head_many", None)
+    return cast(ManyHeads, store) if callable(fn) else None
 
 
 def first_get_of(store: object) -> FirstGet | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import itertools
 import logging
 import re
 import select
@@ -157,6 +158,65 @@ class Wire:
                           else {"partNumber": str(part)})
         return self._object_fields(r, "HeadObject")
 
+    def head_objects(self, keys: list[str], parallel: int,
+                     each: Callable[[int, dict[str, Any] | Exception], None] | None = None
+                     ) -> list[dict[str, Any] | Exception]:
+        """HeadObject of each key, `parallel` at once on as many connections, all from the
+        calling thread (one wait on whichever answers first): a HEAD's own CPU, without a
+        thread's hand-over per request. Each key's answer, or what a HEAD of it alone would
+        raise (`ClientError`, `ConnectionError`, `TimeoutError`), also given to `each` (its
+        index, the answer) as it comes; an answer the lean path does not handle raises
+        `Unsupported` for the keys not answered yet."""
+        out: list[dict[str, Any] | Exception] = [TimeoutError("not sent")] * len(keys)
+        waiting: dict[socket.socket, tuple[int, _Connection]] = {}
+        todo = iter(range(len(keys)))
+
+        def start(i: int) -> None:
+            conn: _Connection | None = None
+            try:
+                message, _ = self._message("HEAD", keys[i], {}, None, None)
+                conn = self._connection()
+                conn.sock.sendall(message)
+                waiting[conn.sock] = (i, conn)
+            except Exception as exc:  # noqa: BLE001 - this key's answer
+                answered(i, cast(Exception, self._lost(exc, conn)))
+
+        def answered(i: int, answer: dict[str, Any] | Exception) -> None:
+            out[i] = answer
+            if each is not None:
+                each(i, answer)
+
+        for i in itertools.islice(todo, parallel):
+            start(i)
+        try:
+            while waiting:
+                ready = select.select(list(waiting), [], [], self.timeout)[0]
+                if not ready:
+                    for i, conn in waiting.values():
+                        answered(i, cast(Exception, self._lost(
+                            TimeoutError(f"no answer from {self.host_header} in "
+                                         f"{self.timeout:.0f} s"), conn)))
+                    waiting.clear()
+                    break
+                for sock in ready:
+                    i, conn = waiting.pop(sock)
+                    try:
+                        r = self._response(conn, "HEAD", None)
+                    except Unsupported:
+                        conn.close()
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - this key's answer
+                        answered(i, cast(Exception, self._lost(exc, conn)))
+                    else:
+                        self._keep(conn, r)
+                        answered(i, r.error or self._object_fields(r, "HeadObject"))
+                    if (nxt := next(todo, None)) is not None:
+                        start(nxt)
+        finally:
+            for _, conn in waiting.values():
+                conn.close()
+        return out
+
     def delete_object(self, key: str) -> None:
         self._request("DELETE", key, {})
 
@@ -261,6 +321,25 @@ class Wire:
         `Response.body`. A body larger
         than SMALL_BODY waits for the server's `100 Continue` before it is sent, so that a
         refusal (a wrong signature, a missing upload) is read as such, not as a reset."""
+        message, expect = self._message(method, key, headers, body, query)
+        conn: _Connection | None = None
+        try:
+            conn = self._connection()
+            conn.sock.sendall(message)
+            line = self._send_after_continue(conn, body) if expect else None
+            r = self._response(conn, method, into, line)
+        except BaseException as exc:
+            raise self._lost(exc, conn) from None
+        self._keep(conn, r)
+        if r.error is not None:
+            raise r.error
+        return r
+
+    def _message(self, method: str, key: str | None, headers: dict[str, str],
+                 body: bytes | memoryview | None, query: dict[str, str] | None
+                 ) -> tuple[bytes, bool]:
+        """The signed request (with `body` unless it waits for `100 Continue`), and whether
+        it does; counted as sent."""
         path = (self.path + "/" + urllib.parse.quote(key, safe=_SAFE) if key is not None
                 else self.path or "/")
         qs = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
@@ -277,29 +356,27 @@ class Wire:
         if body is not None and not expect:
             message += body
         self.sent += 1
-        conn: _Connection | None = None
-        try:
-            conn = self._connection()
-            conn.sock.sendall(message)
-            line = self._send_after_continue(conn, body) if expect else None
-            r = self._response(conn, method, into, line)
-        except BaseException as exc:
-            if conn is not None:
-                conn.close()
-            if isinstance(exc, ConnectionResetError | BrokenPipeError | _Closed):
-                raise ConnectionError(f"connection to {self.host_header} lost: {exc}") from None
-            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError | ConnectionError):
-                # refused, name unknown, TLS: as boto3's connection errors, worth a retry
-                raise ConnectionError(f"{self.host_header}: {exc}") from None
-            raise
+        return message, expect
+
+    def _lost(self, exc: BaseException, conn: _Connection | None) -> BaseException:
+        """A request on `conn` failed with `exc`: the connection is closed, and what to raise
+        (a network failure as boto3 raises it, worth a retry)."""
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, ConnectionResetError | BrokenPipeError | _Closed):
+            return ConnectionError(f"connection to {self.host_header} lost: {exc}")
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError | ConnectionError):
+            # refused, name unknown, TLS: as boto3's connection errors, worth a retry
+            return ConnectionError(f"{self.host_header}: {exc}")
+        return exc
+
+    def _keep(self, conn: _Connection, r: Response) -> None:
+        """After answer `r` was read whole: `conn` serves again unless it must close."""
         if r.headers.get("connection", "").lower() == "close" or r.unsent:
             conn.close()
         else:  # an error's body was read to its end: the connection serves again
             with self.lock:
                 self.pool.append(conn)
-        if r.error is not None:
-            raise r.error
-        return r
 
     def _send_after_continue(self, conn: _Connection, body: bytes | memoryview | None
                              ) -> bytes | None:

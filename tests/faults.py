@@ -54,6 +54,20 @@ class FaultyStore:
             raise self.head_error
         return await self.inner.get_first(key, into)  # type: ignore[attr-defined, no-any-return]
 
+    async def head_many(self, keys: list[str], each: Any = None
+                        ) -> list[ObjectInfo | None | StoreError]:
+        """The HEADs of several keys through this wrapper's own `head` (its faults, and the
+        counts of a subclass), one after another."""
+        out: list[ObjectInfo | None | StoreError] = []
+        for i, key in enumerate(keys):
+            try:
+                out.append(await self.head(key))
+            except StoreError as exc:
+                out.append(exc)
+            if each is not None:
+                each(i, out[-1])
+        return out
+
     async def head(self, key: str, checksum: bool = False) -> ObjectInfo | None:
         if self.head_error is not None:
             raise self.head_error

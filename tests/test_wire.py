@@ -105,6 +105,45 @@ def test_a_kept_connection_the_server_closed_is_not_used(store: S3Store) -> None
     assert len(wire.pool) == 1
 
 
+def test_heads_sent_together_answer_as_boto3_does(store: S3Store) -> None:
+    """`head_objects` (ls -l's read ahead): each key's answer as boto3's HEAD gives it, a
+    missing key's 404 as boto3 raises it, more keys than connections at once, and the
+    connections kept after (SeaweedFS; moto's server closes each one)."""
+    wire, client = _wire(store), store.client
+    keys = [*KEYS, "missing", "plain"]
+    for i, key in enumerate(KEYS):
+        wire.put_object(key, b"k" * i, {"content-md5": _md5(b"k" * i),
+                                        "x-amz-meta-mtime": str(i)})
+    sent = wire.sent
+    answers = wire.head_objects(keys, 3)
+    assert wire.sent == sent + len(keys)
+    for key, answer in zip(keys, answers, strict=True):
+        if key == "missing":
+            assert isinstance(answer, botocore.exceptions.ClientError)
+            assert answer.response["Error"]["Code"] in ("404", "NoSuchKey")
+            assert answer.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+            continue
+        assert isinstance(answer, dict), answer
+        sdk = client.head_object(Bucket=store.bucket, Key=key)
+        assert {f: answer.get(f) for f in FIELDS} == {f: sdk.get(f) for f in FIELDS}
+    if store.server == "seaweed":  # type: ignore[attr-defined]
+        assert 1 <= len(wire.pool) <= 3
+
+
+async def test_the_store_sends_many_heads_in_one_call(config: Config) -> None:
+    """`S3Store.head_many`: what `head` says of each key, None for a missing one, in one
+    worker thread's turn, through the lean path or (--sdk-requests) boto3 alike."""
+    for sdk in (False, True):
+        store = S3Store(replace(config, sdk_requests=sdk))
+        for i in range(5):
+            await store.put(f"many/{i}", b"m" * i, hashlib.md5(b"m" * i).digest())
+        keys = [f"many/{i}" for i in range(5)] + ["many/none"]
+        got = await store.head_many(keys)
+        assert got[-1] is None
+        assert got[:-1] == [await store.head(k) for k in keys[:-1]]
+        assert [i.size for i in got[:-1] if i is not None] == list(range(5))
+
+
 def test_a_range_past_the_end_reports_what_came_and_the_size(store: S3Store) -> None:
     """The store calls a short answer a size mismatch from these two figures."""
     wire = _wire(store)

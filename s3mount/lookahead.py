@@ -7,16 +7,17 @@ directory just read by readdir, the HEADs of the other files it listed start, in
 `AHEAD_HEADS` at a time, so that the next lookups find them ready; a lookup of a file whose HEAD
 is under way waits for it instead of sending its own. They go in fetches of half that many,
 each one worker thread's turn (store `head_many`: a lone HEAD's thread hand-over cost more of
-the mount's CPU than the HEAD), each file's answer recorded as it comes. Nothing starts until attributes are
-asked for (`find` and `ls` read names only), and the read ahead keeps at most `AHEAD_WINDOW`
-files fetched and not yet asked for (what a glob such as `ls -l d/a*` can waste; fetched
+the mount's CPU than the HEAD), each file's answer recorded as it comes. Nothing starts
+until attributes are asked for (`find` and `ls` read names only), and the read ahead keeps
+at most `AHEAD_WINDOW` files fetched and not yet asked for (what a glob such as `ls -l d/a*`
+can waste; fetched
 attributes are fresh for --metadata-ttl only, so running far ahead would waste them too).
 A readdir's names are read ahead only while the program goes on: they are dropped once
 --metadata-ttl passes with no entry listed and no attributes asked for there (a name listed as
 a file is taken to be one, not a directory of the same name made meanwhile, for that long: the
 HEAD alone cannot tell). Memory: the names of the files listed with no metadata, for the last
 `AHEAD_DIRS` directories read, `AHEAD_NAMES_MAX` names each at most. No S3 here: `fetch`
-(namespace.py) sends the HEAD and records what it says.
+(namespace.py) sends the HEADs and records what they say.
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ class _Plan:
     combine: Callable[[list[bytes]], str]
     what: str  # for messages: "MD5s (its ETag is ...)"
     md5: bool = False  # proven by the ETag (else by an additional checksum)
+    inline: bool = False  # hashed on the event loop (a fast CRC), else in a worker thread
 
 
 def _md5_plan(etag: str, parts: int) -> _Plan:
@@ -124,13 +125,14 @@ def _checksum_plan(info: ObjectInfo) -> _Plan | None:
         return sums[0] if not dash else algo.composite(sums)
     return _Plan(info.checksum, parts, algo.hasher, combine,
                  f"{algo.s3_name} checksum (S3 keeps {info.checksum}"
-                 f"{', ' + kind if kind else ''})")
+                 f"{', ' + kind if kind else ''})", inline=algo.fast)
 
 
 class _Verifier:
     """The digests of the parts of what one reader serves from offset 0 on, hashed in a
     worker thread while the reads go on (MD5 runs at ~600 MB/s per core: not on the event
-    loop). `plan()` says what to compare with (None: nothing), `part_size(n, parts)` gives
+    loop), or on the event loop where the plan is a fast CRC (`_Plan.inline`: cheaper than
+    the hand-over to a thread). `plan()` says what to compare with (None: nothing), `part_size(n, parts)` gives
     part n's size (None: unknown, so nothing can be verified)."""
 
     def __init__(self, plan: Callable[[], Awaitable[_Plan | None]],
@@ -177,7 +179,10 @@ class _Verifier:
                             view, left = view[take:], left - take
                             if left == 0:
                                 ends.append(hasher)
-                    await trio.to_thread.run_sync(_hash_segments, segments, limiter=limiter)
+                    if self.plan.inline:
+                        _hash_segments(segments)
+                    else:
+                        await trio.to_thread.run_sync(_hash_segments, segments, limiter=limiter)
                     self.digests += [h.digest() for h in ends]
                     self.hashed += sum(len(v) for _, v in segments)
         except Exception:  # a background task must not take the mount down

@@ -132,8 +132,8 @@ class _Verifier:
     """The digests of the parts of what one reader serves from offset 0 on, hashed in a
     worker thread while the reads go on (MD5 runs at ~600 MB/s per core: not on the event
     loop), or on the event loop where the plan is a fast CRC (`_Plan.inline`: cheaper than
-    the hand-over to a thread). `plan()` says what to compare with (None: nothing), `part_size(n, parts)` gives
-    part n's size (None: unknown, so nothing can be verified)."""
+    the hand-over to a thread). `plan()` says what to compare with (None: nothing),
+    `part_size(n, parts)` gives part n's size (None: unknown, so nothing can be verified)."""
 
     def __init__(self, plan: Callable[[], Awaitable[_Plan | None]],
                  part_size: Callable[[int, int], Awaitable[int | None]],

@@ -9,7 +9,7 @@ reads its endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SEC
 
     python -m bench.probe fs-randread FILE --size BYTES --block BYTES --count N --seed N
     python -m bench.probe fs-ttfb FILE
-    python -m bench.probe raw-upload BUCKET KEY --src FILE [--repeat N]
+    python -m bench.probe raw-upload BUCKET KEY --src FILE [--repeat N]   (FILE - : stdin)
     python -m bench.probe raw-upload-dir BUCKET PREFIX --src DIR
     python -m bench.probe raw-download BUCKET KEY
     python -m bench.probe raw-randread BUCKET KEY --size BYTES --block BYTES --count N --seed N
@@ -121,7 +121,8 @@ def _transfer_config() -> Any:
 
 def raw_upload(bucket: str, key: str, src: str, repeat: int) -> dict[str, Any]:
     s3, cfg = _client(), _transfer_config()
-    stream = open(src, "rb") if repeat == 1 else Repeated(src, repeat)  # noqa: SIM115
+    stream: Any = (sys.stdin.buffer if src == "-" else  # a pipe, as `cat ... | dd` on a mount
+                   open(src, "rb") if repeat == 1 else Repeated(src, repeat))  # noqa: SIM115
     with stream:
         t0, c0 = time.monotonic(), cpu_seconds()
         s3.upload_fileobj(stream, bucket, key, Config=cfg)

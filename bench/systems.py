@@ -184,8 +184,9 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
            "as rclone, with `--vfs-cache-mode writes` (files are written to a local cache, then "
            "uploaded 5 s after close; timed until the object is in the bucket)", "writes"),
     System("raw", "raw boto3", "raw",
-           "boto3 `upload_fileobj`/`download_fileobj` with 8 MiB parts and concurrency 4; "
-           "`put_object` 4 at a time, ranged `get_object`, `list_objects_v2` (no mount)"),
+           "boto3 `upload_fileobj`/`download_fileobj` with 8 MiB parts and concurrency 4 (the "
+           "big write from the same `cat` pipe as the mounts' `dd`); `put_object` 4 at a time, "
+           "ranged `get_object`, `list_objects_v2` (no mount)"),
 )}
 
 

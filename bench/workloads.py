@@ -268,8 +268,14 @@ def fs_read(env: Env, mnt: Path) -> float:
     return mib / seconds
 
 
-def probe(args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = run_cmd([sys.executable, "-m", "bench.probe", *args], timeout, env=env, cwd=ROOT)
+def probe(args: list[str], timeout: float, env: dict[str, str] | None = None,
+          stdin_from: str | None = None) -> dict[str, Any]:
+    """Run bench.probe with `args`; `stdin_from`: a shell command piped into it."""
+    cmd = [sys.executable, "-m", "bench.probe", *args]
+    if stdin_from is not None:
+        cmd = ["bash", "-o", "pipefail", "-c",
+               f"{stdin_from} | {' '.join(shlex.quote(a) for a in cmd)}"]
+    out = run_cmd(cmd, timeout, env=env, cwd=ROOT)
     try:
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -320,8 +326,9 @@ def fs_find(env: Env, mnt: Path) -> float:
 # --- with the raw client ---------------------------------------------------------------------
 
 
-def raw_probe(env: Env, args: list[str], timeout: float) -> dict[str, Any]:
-    r = probe(args, timeout, clean_env(env.server.env()))
+def raw_probe(env: Env, args: list[str], timeout: float,
+              stdin_from: str | None = None) -> dict[str, Any]:
+    r = probe(args, timeout, clean_env(env.server.env()), stdin_from)
     env.raw_rss.append(float(r["maxrss_mib"]))
     if "cpu_seconds" in r:
         env.raw_cpu.append(float(r["cpu_seconds"]))
@@ -329,9 +336,16 @@ def raw_probe(env: Env, args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def raw_write(env: Env, bucket: str, times: int) -> float:
+    """upload_fileobj of the source; times > 1: of the same `cat` pipe as `fs_write`'s (both
+    pay for it on the shared cores); MiB/s."""
     mib = env.sizes.big_mib * times
-    r = raw_probe(env, ["raw-upload", bucket, f"write-{times}x.bin", "--src", str(env.src),
-                        "--repeat", str(times)], env.timeout(mib))
+    key = f"write-{times}x.bin"
+    if times == 1:
+        r = raw_probe(env, ["raw-upload", bucket, key, "--src", str(env.src)],
+                      env.timeout(mib))
+    else:
+        r = raw_probe(env, ["raw-upload", bucket, key, "--src", "-"], env.timeout(mib),
+                      stdin_from="cat " + " ".join([shlex.quote(str(env.src))] * times))
     if r["bytes"] != mib * MiB:
         raise BenchError(f"uploaded {r['bytes']} bytes of {mib * MiB}")
     return mib / float(r["seconds"])

@@ -524,7 +524,9 @@ class S3Store:
         failed has the error a HEAD of it alone would raise, not retried: the caller asks
         again alone. `each(index, answer)` runs in the caller's trio thread as each answer
         comes, before this returns (possibly twice for a key, if the lean path turned off
-        part way)."""
+        part way). Without the lean path, boto3's HEADs go one per worker thread, at once."""
+        if self.wire is None:  # boto3 sends each HEAD: in worker threads of their own, at once
+            return await self._heads_apart(keys, each)
         token = trio.lowlevel.current_trio_token()
 
         def told(i: int, answer: dict[str, Any] | Exception) -> None:
@@ -545,6 +547,23 @@ class S3Store:
             f"HEAD of {len(keys)} keys", lambda: self._either(
                 lambda wire: wire.head_objects(keys, len(keys), told), sdk))
         return [_head_answer(key, a) for key, a in zip(keys, answers, strict=True)]
+
+    async def _heads_apart(self, keys: list[str],
+                           each: Callable[[int, ObjectInfo | None | StoreError], None] | None
+                           ) -> list[ObjectInfo | None | StoreError]:
+        out: list[ObjectInfo | None | StoreError] = [None] * len(keys)
+
+        async def one(i: int) -> None:
+            try:
+                out[i] = await self.head(keys[i])
+            except StoreError as exc:
+                out[i] = exc
+            if each is not None:
+                each(i, out[i])
+        async with trio.open_nursery() as nursery:
+            for i in range(len(keys)):
+                nursery.start_soon(one, i)
+        return out
 
     async def get_first(self, key: str, into: memoryview) -> tuple[ObjectInfo, int] | None:
         """One GET of the object's first `len(into)` bytes, of whatever version is there (no

@@ -138,8 +138,9 @@ async def test_the_store_sends_many_heads_in_one_call(config: Config) -> None:
         for i in range(5):
             await store.put(f"many/{i}", b"m" * i, hashlib.md5(b"m" * i).digest())
         keys = [f"many/{i}" for i in range(5)] + ["many/none"]
-        got = await store.head_many(keys)
-        assert got[-1] is None
+        told: dict[int, Any] = {}
+        got = await store.head_many(keys, told.__setitem__)
+        assert got[-1] is None and told == dict(enumerate(got))
         assert got[:-1] == [await store.head(k) for k in keys[:-1]]
         assert [i.size for i in got[:-1] if i is not None] == list(range(5))
 

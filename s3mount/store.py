@@ -525,7 +525,7 @@ class S3Store:
         again alone. `each(index, answer)` runs in the caller's trio thread as each answer
         comes, before this returns (possibly twice for a key, if the lean path turned off
         part way). Without the lean path, boto3's HEADs go one per worker thread, at once."""
-        if self.wire is None:  # boto3 sends each HEAD: in worker threads of their own, at once
+        if self.wire is None:
             return await self._heads_apart(keys, each)
         token = trio.lowlevel.current_trio_token()
 
@@ -533,24 +533,18 @@ class S3Store:
             if each is not None:
                 token.run_sync_soon(each, i, _head_answer(keys[i], answer))
 
-        def sdk() -> list[dict[str, Any] | Exception]:
-            out: list[dict[str, Any] | Exception] = []
-            for i, key in enumerate(keys):
-                try:
-                    out.append(self.client.head_object(Bucket=self.bucket, Key=key))
-                except Exception as exc:  # noqa: BLE001 - this key's answer
-                    out.append(exc)
-                told(i, out[-1])
-            return out
-
         answers = await self._read_call(
             f"HEAD of {len(keys)} keys", lambda: self._either(
-                lambda wire: wire.head_objects(keys, len(keys), told), sdk))
+                lambda wire: wire.head_objects(keys, len(keys), told), lambda: None))
+        if answers is None:  # the lean path turned off part way: boto3 sends them all
+            return await self._heads_apart(keys, each)
         return [_head_answer(key, a) for key, a in zip(keys, answers, strict=True)]
 
     async def _heads_apart(self, keys: list[str],
                            each: Callable[[int, ObjectInfo | None | StoreError], None] | None
                            ) -> list[ObjectInfo | None | StoreError]:
+        """`head_many` through boto3: each key's `head` in a worker thread of its own, all at
+        once."""
         out: list[ObjectInfo | None | StoreError] = [None] * len(keys)
 
         async def one(i: int) -> None:

@@ -289,7 +289,10 @@ class S3Fs(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.attrs(node)
 
     @_fuse_errors
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    # pyfuse3 types it bytes, but replies from any buffer (PyObject_GetBuffer): a view of
+    # the read chunk saves a copy of every read (reader.py).
+    async def read(self, fh: pyfuse3.FileHandleT, off: int,  # type: ignore[override]
+                   size: int) -> bytes | memoryview:
         h = self.handles.get(fh)
         if isinstance(h, WriteHandle) and h.upload is not None:
             raise FsError(f"{h.node.path!r} is being written: it can be read once it is "

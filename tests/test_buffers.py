@@ -293,3 +293,4 @@ async def test_a_first_read_started_before_an_open(monkeypatch: pytest.MonkeyPat
         other.close()
         await trio.sleep(0.5)
         assert not readers.spares and budget.used == 0 and budget.readers == 0
+

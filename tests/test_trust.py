@@ -619,3 +619,42 @@ async def test_wrong_checksums_fall_back_to_md5(config: Config, s3server: Seawee
     assert budget.counts["verified_objects"] == 4 and budget.counts["failed_objects"] == 3
     assert budget.counts["verified_by_checksum"] == 0
     assert len([r for r in caplog.records if "checksums look wrong" in r.message]) == 1
+
+
+@pytest.mark.parametrize("proof", ["crc32", "md5"])
+async def test_verified_reads_are_views_and_their_buffers_are_reused(
+        proof: str, config: Config, s3server: SeaweedServer, nursery: trio.Nursery) -> None:
+    """A read within one chunk is a view of its buffer, not a copy. The verifier hashes
+    those views behind the reads (on the event loop for a fast CRC, in a worker thread for
+    MD5), so a chunk the reads have passed keeps its buffer until its bytes are hashed:
+    nothing still viewed goes back to the budget, which would leave its mapping to the
+    garbage collector and cost a fresh one (a page fault per 4 KiB) for the next chunk."""
+    from s3mount.buffers import ReadBudget
+    from s3mount.reader import Reader
+    data = os.urandom(96 * MiB + 12345)
+    # boto3's defaults send (and SeaweedFS keeps) a CRC32; the test client sends none.
+    c = (boto3_defaults(s3server.endpoint_url, s3server.env()) if proof == "crc32"
+         else s3server.client())
+    c.put_object(Bucket=config.bucket, Key="k", Body=data)
+    store = S3Store(config)
+    info = await store.head("k")
+    assert info is not None
+    budget = ReadBudget(64 * MiB)
+    reader = Reader(store, "k", info.etag, info.size, budget, nursery, 16 * MiB)
+    views = 0
+    try:
+        for off in range(0, len(data), MiB):
+            got = await reader.read(off, MiB)
+            views += isinstance(got, memoryview)
+            assert got == data[off:off + MiB]
+            del got
+    finally:
+        reader.close()
+    assert budget.counts["verified_objects"] == 1 and budget.counts["failed_objects"] == 0
+    assert budget.counts["verified_by_checksum"] == (proof == "crc32")
+    assert views >= 90  # all but the reads that straddle two chunks
+    assert budget.kept.viewed == 0  # no chunk went back while the hasher still had it
+    # The window's chunks (1, 2, 4 and 8 MiB as it grows), reused: about 10 mappings, not one
+    # per chunk read (~17).
+    assert budget.kept.mapped <= 12
+    assert budget.used == 0 and budget.kept.bytes == 0

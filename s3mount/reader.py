@@ -271,6 +271,8 @@ class Reader:
         # starts), else by the ETag when it is made of MD5s.
         self.md5_parts = verifiable_parts(etag) if budget.md5_etags else None
         self.verifier: _Verifier | None = None
+        self.sizes: dict[int, int] = {}  # part sizes S3 gave (part number: bytes)
+        self.uniform: bool | None = None  # parts 2..N-1 taken to be part 1's size
         # Set once the bytes failed verification: the kernel retries a failed read-ahead with
         # a smaller read at its offset, which must fail too (on this handle, until reopened).
         self.failed: str | None = None
@@ -359,6 +361,10 @@ class Reader:
                 self.budget.counts["verified_by_checksum"] += 1
             elif self.key in self.budget.checksum_doubted:
                 self._checksum_was_wrong()
+        elif not await self._guess_held(v.plan.parts):
+            log.debug("%s: read whole, but not verified: its parts are not all of one size, "
+                      "as was guessed", self.key)
+            self.budget.counts["unverified_passes"] += 1
         else:
             await self._mismatch(v.plan, got)
 
@@ -393,9 +399,37 @@ class Reader:
 
     async def _part_size(self, number: int, parts: int) -> int | None:
         """Size of part `number` of `parts`: the whole object for a single-part one; else
-        asked of S3 (HEAD partNumber=N), since a schedule of our own would prove nothing."""
+        asked of S3 (HEAD partNumber=N), since a schedule of our own would prove nothing.
+        Parts 1 and N are asked first: when the parts before N, all of part 1's size, would
+        add up to the object with part N, that is taken as the layout (every tool cuts a
+        stream into equal parts) and the parts between are not asked, one HEAD per part
+        (128 per GiB of boto3's 8 MiB parts). A guess cannot make wrong bytes pass (they
+        would have to give the right digests at the wrong boundaries); a pass it fails is
+        checked against the sizes S3 gives before its read fails (`_guess_held`)."""
         if parts == 1:
             return self.size
+        if self.uniform is None and parts > 2:
+            first, last = await self._ask_size(1), await self._ask_size(parts)
+            self.uniform = (first is not None and last is not None
+                            and 0 < last <= first and (parts - 1) * first + last == self.size)
+        if number in self.sizes:
+            return self.sizes[number]
+        if self.uniform and 1 < number < parts:
+            return self.sizes[1]
+        return await self._ask_size(number)
+
+    async def _guess_held(self, parts: int) -> bool:
+        """After a pass failed with the part sizes guessed: whether S3 gives the same sizes
+        (then the bytes were wrong). If not, such passes ask every size from now on."""
+        if not self.uniform:
+            return True  # nothing was guessed
+        for number in range(2, parts):
+            if await self._ask_size(number) != self.sizes[1]:
+                self.uniform = False
+                return False
+        return True
+
+    async def _ask_size(self, number: int) -> int | None:
         if not self.budget.part_sizes:
             return None
         try:
@@ -408,6 +442,8 @@ class Reader:
             self.budget.part_sizes = False
             log.info("this server does not tell the part sizes of multipart objects (HEAD "
                      "partNumber): reads of multipart objects are not verified")
+        if size is not None:
+            self.sizes[number] = size
         return size
 
     async def _mismatch(self, plan: _Plan, got: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -179,6 +180,7 @@ def main() -> None:
         for name in names:
             rates, cpus = [], []
             for i in range(a.runs):
+                os.sync()  # the seed's (or the last run's) writes: on disk before, not during
                 rate, cpu = (_raw(env, name, i) if name.startswith("raw") else
                              _on_mount(env, name, i, work, extra, a.pyspy, a.native, a.perf))
                 rates.append(rate)

@@ -118,7 +118,10 @@ def markdown(res: Results, figs: list[Figure], systems: list[System], meta: Meta
         "Systems (each mounts buckets of the same SeaweedFS server, with its default options "
         "apart from what a local path-style endpoint needs):", "",
         *[f"- **{s.title}**: {s.how}" for s in systems], "",
-        "Workloads, each on a fresh mount (a fresh process for the raw client):", "",
+        "Workloads, each on a fresh mount (a fresh process for the raw client), each after a "
+        "`sync`, untimed: the server's writes before it (the seed's, or the last workload's) "
+        "are on disk, not written back during it at the cost of whichever system comes "
+        "next:", "",
         f"- writes (one mount, into an empty bucket per system and run, deleted afterwards): "
         f"`dd bs=1M` of a {sz.size(sz.big_mib)} random file in /dev/shm; the "
         f"{sz.size(sz.big_mib * sz.big_times)} write is that file {sz.big_times} times through "

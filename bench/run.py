@@ -86,7 +86,9 @@ class Bench:
 
     def run(self) -> Results:
         for run in range(self.runs):
-            for system in self.systems:
+            # Each run starts with the next system: none is always first after the seed.
+            turn = run % len(self.systems)
+            for system in self.systems[turn:] + self.systems[:turn]:
                 say(f"--- run {run + 1}/{self.runs}: {system.title}")
                 rss: dict[str, list[float | None]] = {"rss_write": [], "rss_read": []}
                 for session in SESSIONS:
@@ -175,8 +177,8 @@ class Bench:
              mount: Mount | None) -> None:
         fig = self.figs[key]
         # The server's dirty pages (the seed's, the last workload's) go to disk now, not
-        # during this workload: the kernel's writeback takes a core of two, and it fell on
-        # whichever system came first after the seed (the 4 GiB write, 0.75x in the third run).
+        # during this workload, where the kernel's writeback would take CPU from whichever
+        # system comes next.
         os.sync()
         t0 = time.monotonic()
         self.env.raw_cpu.clear()

@@ -168,8 +168,8 @@ class _Verifier:
                     recv: trio.MemoryReceiveChannel[_Served],
                     limiter: trio.CapacityLimiter) -> None:
         batch: list[_Served] = []
-        try:
-            async with recv:
+        async with recv:
+            try:
                 self.plan = await plan()
                 self.unknown = self.plan is None
                 while True:
@@ -182,16 +182,17 @@ class _Verifier:
                             batch.append(recv.receive_nowait())
                     await self._hash_batch([view for view, _ in batch], limiter)
                     _done_with(batch)
-        except Exception:  # a background task must not take the mount down
-            log.exception("verifying a read failed unexpectedly; that read is not verified")
-            self.unknown = True
-        finally:
-            _done_with(batch)
-            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel,
-                                     trio.ClosedResourceError):
-                while True:  # what was sent but never hashed: its chunks can go
-                    _done_with([recv.receive_nowait()])
-            self.finished.set()
+            except Exception:  # a background task must not take the mount down
+                log.exception("verifying a read failed unexpectedly; that read is not verified")
+                self.unknown = True
+            finally:
+                # What was sent but never hashed (an error, a cancel): its chunks can go.
+                # Before the channel closes, so nothing sent is left in it.
+                _done_with(batch)
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while True:
+                        _done_with([recv.receive_nowait()])
+                self.finished.set()
 
     async def _hash_batch(self, batch: list[memoryview], limiter: trio.CapacityLimiter
                           ) -> None:

@@ -294,3 +294,45 @@ async def test_a_first_read_started_before_an_open(monkeypatch: pytest.MonkeyPat
         await trio.sleep(0.5)
         assert not readers.spares and budget.used == 0 and budget.readers == 0
 
+
+
+class MemoryObject:
+    """Serves one object from memory at once (no HEAD: a verified read's plan is patched)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def get_range(self, key: str, start: int, into: memoryview, etag: str) -> None:
+        await trio.lowlevel.checkpoint()
+        into[:] = self.data[start:start + len(into)]
+
+
+@pytest.mark.expect_log(r"^s3mount\.reader: verifying a read failed unexpectedly")
+async def test_a_failed_hasher_lets_go_of_the_chunks_it_was_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads hand the hasher views of their chunks, which stay pinned until it is done with
+    them. When the hashing task fails, what it was sent but never hashed is let go too: every
+    chunk goes back to the budget, none while still viewed."""
+    import os as _os
+
+    from s3mount.buffers import ReadBudget
+    from s3mount.reader import Reader
+
+    async def failing_plan(self: Reader) -> None:
+        await trio.sleep(0.05)  # the first reads' views wait in the channel meanwhile
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Reader, "_plan", failing_plan)
+    data = _os.urandom(24 * MiB)
+    budget = ReadBudget(64 * MiB)
+    async with trio.open_nursery() as nursery:
+        reader = Reader(MemoryObject(data), "k", "e", len(data), budget, nursery,  # type: ignore[arg-type]
+                        8 * MiB)
+        for off in range(0, len(data), MiB):
+            got = await reader.read(off, MiB)
+            assert got == data[off:off + MiB]
+            del got
+        reader.close()
+        await trio.sleep(0.1)
+    assert budget.counts["verified_objects"] == 0
+    assert budget.used == 0 and budget.kept.viewed == 0 and budget.kept.bytes == 0

@@ -337,13 +337,15 @@ class Reader:
             done = functools.partial(self._unpin, chunk)
         try:
             await v.send.send((memoryview(data)[v.pos - off:], done))
-        except BaseException as exc:
+        except trio.BrokenResourceError:  # the hashing task ended (logged there)
             if done is not None:
                 done()
-            if not isinstance(exc, trio.BrokenResourceError):
-                raise
-            self._stop_verifying()  # the hashing task ended (logged there)
+            self._stop_verifying()
             return
+        except BaseException:  # not sent (a cancelled read): the hasher will not unpin it
+            if done is not None:
+                done()
+            raise
         v.pos = end
         if v.pos < self.size:
             return
@@ -413,8 +415,6 @@ class Reader:
             first, last = await self._ask_size(1), await self._ask_size(parts)
             self.uniform = (first is not None and last is not None
                             and 0 < last <= first and (parts - 1) * first + last == self.size)
-        if number in self.sizes:
-            return self.sizes[number]
         if self.uniform and 1 < number < parts:
             return self.sizes[1]
         return await self._ask_size(number)
@@ -431,6 +431,9 @@ class Reader:
         return True
 
     async def _ask_size(self, number: int) -> int | None:
+        """Part `number`'s size as S3 gives it (asked once per reader); None if unknown."""
+        if number in self.sizes:
+            return self.sizes[number]
         if not self.budget.part_sizes:
             return None
         try:

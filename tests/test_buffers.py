@@ -295,7 +295,6 @@ async def test_a_first_read_started_before_an_open(monkeypatch: pytest.MonkeyPat
         assert not readers.spares and budget.used == 0 and budget.readers == 0
 
 
-
 class MemoryObject:
     """Serves one object from memory at once (no HEAD: a verified read's plan is patched)."""
 

@@ -54,7 +54,7 @@ help:
 	@echo "                BENCH_ARGS=--quick to try it; apt-get installs"
 	@echo "                $(BENCH_APT_PACKAGES) if missing"
 	@echo "make bench-bigdisk  the tail of a big disk alone: parts up to 512 MiB and 4 GiB"
-	@echo "                vs the 8 MiB stage (bench/bigdisk.py, SeaweedFS and moto)"
+	@echo "                vs the 8 MiB stage (bench/bigdisk.py, --part-size 8M, SeaweedFS and moto)"
 	@echo "make soak       writers and readers behind the fault proxy; docs/reliability.md"
 	@echo "make deps       apt-get install $(APT_PACKAGES) if missing"
 	@echo "make venv       create $(VENV) with the package and its test, lint and bench extras"

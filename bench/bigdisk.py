@@ -3,7 +3,8 @@ stage, in the same run, on SeaweedFS and on moto's server (`python bench/bigdisk
 `make bench` after bench/run.py, and alone by `make bench-bigdisk`).
 
 For each server, two streams of the same length are written through a fresh s3mount mount with
-`--max-memory 24M` (1 MiB writes, as `dd bs=1M`; bytes vary per MiB):
+`--max-memory 24M --part-size 8M` (the part size its figures in docs/benchmarks.md were taken
+with, the default until 2026-11-29; 1 MiB writes, as `dd bs=1M`; bytes vary per MiB):
 - "8 MiB stage": every part 8 MiB (`--part-growth-every 10000`), nothing is copied;
 - "big parts": `--part-growth-every 2`, so parts are 8, 8, 16, 16, 32, ... MiB up to two parts
   of `--top` MiB (`--tops 512,4096` by default: a 2 GiB stream; then the 4 GiB case on
@@ -106,7 +107,7 @@ def mounted(server: Server, bucket: str, args: list[str]) -> Iterator[tuple[Path
     with open(log, "wb") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "s3mount.cli", bucket, str(mnt),
                                  "--endpoint-url", server.endpoint_url, "--foreground",
-                                 "--max-memory", "24M", *args], stdout=logf,
+                                 "--max-memory", "24M", "--part-size", "8M", *args], stdout=logf,
                                 stderr=subprocess.STDOUT, env={**os.environ, **server.env()})
     try:
         deadline = time.monotonic() + 30

@@ -172,7 +172,7 @@ class Rclone(System):
 
 SYSTEMS: dict[str, System] = {s.name: s for s in (
     S3mount("s3mount", "s3mount", "fs",
-            "`python -m s3mount.cli BUCKET MNT --endpoint-url URL --foreground` (defaults: 8 MiB "
+            "`python -m s3mount.cli BUCKET MNT --endpoint-url URL --foreground` (defaults: 6 MiB "
             "parts, --max-memory 24M, --upload-concurrency 4, --read-ahead 32M)"),
     S3fs("s3fs", "s3fs-fuse", "fs",
          "`s3fs BUCKET MNT -f -o url=URL,use_path_request_style,passwd_file=FILE` (defaults "

@@ -1,7 +1,8 @@
 """What verified reads cost: 1 GiB read through a mount with and without --no-verify-reads.
 
 Starts its own SeaweedFS, stores four 1 GiB objects: a single-part one (PutObject) and a
-multipart one (written through s3mount, 8 MiB parts), neither with an additional checksum, and
+multipart one (written through s3mount, its default parts: 8 MiB until 2026-11-29, then 6),
+neither with an additional checksum, and
 the same two shapes as boto3 1.44 stores them with its default checksums (PutObject with a
 CRC32; `upload_file`: 8 MiB parts, a composite CRC32), then reads each with
 `dd bs=1M of=/dev/null` through a fresh mount, alternating the two settings, RUNS times.

@@ -1,7 +1,7 @@
 """Big parts assembled by the server: a part larger than one buffer is never held in memory.
 
 A part of the schedule larger than the sub-part size (the first stage's part size,
-`--part-size`, 8 MiB by default) is a *big part*. Its bytes stream, one buffer at a time, as the
+`--part-size`, 6 MiB by default) is a *big part*. Its bytes stream, one buffer at a time, as the
 sub-parts of a temporary multipart upload under a hidden key (`tmp_key`:
 `PREFIX.s3mount-tmp/PATH.ID.partN`); each sub-part is sent like a part (Content-MD5, its ETag
 compared, re-sent on mismatch, retried under `--write-deadline`). While they stream, the MD5 of

@@ -71,7 +71,7 @@ class Config:
     metadata_ttl: float = 1.0
 
     # Writes
-    part_size: int = 8 * MiB
+    part_size: int = 6 * MiB  # the default budget holds four: part 1, one filling, two sent
     part_growth_every: int = 1000  # parts of the first stage (later ones: at most 100)
     max_memory: int = 24 * MiB  # bytes held in part buffers, across all open files
     upload_concurrency: int = 4

@@ -3,8 +3,8 @@
 Parts are numbered from 1, as in S3. The first ``growth_every`` parts have ``part_size`` bytes;
 each later stage has ``min(growth_every, LATER_STAGE_PARTS)`` parts (100 by default) of twice
 the size of the stage before, until the size reaches S3's largest part (5 GiB); from that stage
-on it stays there. So the default (8 MiB x 1000, then 100 parts per doubling) keeps a stream
-under 7.8 GiB in 8 MiB parts and reaches 40.3 TiB in one stream of unknown length; a small
+on it stays there. So the default (6 MiB x 1000, then 100 parts per doubling) keeps a stream
+under 5.8 GiB in 6 MiB parts and reaches 40.1 TiB in one stream of unknown length; a small
 ``growth_every`` (tests, benchmarks) compresses every stage alike. No part number exceeds S3's limit
 of 10,000 parts, so the schedule has a finite capacity: the longest stream it can hold.
 
@@ -50,7 +50,7 @@ class PartSchedule:
     """Part sizes that double after ``growth_every`` parts, then after every
     ``later_every`` parts, within S3's limits."""
 
-    part_size: int = 8 * MiB
+    part_size: int = 6 * MiB
     growth_every: int = 1000
 
     def __post_init__(self) -> None:

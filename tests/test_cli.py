@@ -261,12 +261,12 @@ def test_detached_mount_lifecycle(s3server: SeaweedServer, s3: Any, bucket: str,
 @pytest.mark.parametrize(("part_size", "size", "parts"), [
     ("5M", 12 * MiB, "-3"),
     ("5M", 1000, ""),
-    (None, 20 * MiB + 1, "-3"),  # the default part size (8M) on both sides
+    (None, 20 * MiB + 1, "-4"),  # the default part size (6M) on both sides
 ])
 def test_etag_matches_what_s3_gives_a_mounted_write(
         mount_factory: Callable[..., Mount], s3: Any, bucket: str, tmp_path: Path,
         part_size: str | None, size: int, parts: str) -> None:
-    m = mount_factory(bucket, "--part-size", part_size or "8M")
+    m = mount_factory(bucket, "--part-size", part_size or "6M")
     src = tmp_path / "src.bin"
     data = os.urandom(size)
     src.write_bytes(data)

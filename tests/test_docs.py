@@ -20,7 +20,7 @@ def test_readme_defaults_match_the_cli() -> None:
 
     ns = mount_parser().parse_args(["b", "/m"])
     readme = (ROOT / "README.md").read_text()
-    assert ns.part_size == 8 << 20 and "| `--part-size N` | `8M` |" in readme
+    assert ns.part_size == 6 << 20 and "| `--part-size N` | `6M` |" in readme
     assert ns.max_memory == 24 << 20 and "| `--max-memory N` | `24M` |" in readme
     assert ns.upload_concurrency == 4 and "| `--upload-concurrency N` | `4` |" in readme
     assert ns.checksum == "auto" and "| `--checksum A` | `auto` |" in readme

@@ -31,12 +31,12 @@ def brute_force_sizes(schedule: PartSchedule) -> list[int]:
 
 def test_defaults() -> None:
     schedule = PartSchedule()
-    assert (schedule.part_size, schedule.growth_every) == (8 * MiB, 1000)
+    assert (schedule.part_size, schedule.growth_every) == (6 * MiB, 1000)
     assert schedule.capacity() >= 5 * TiB
     assert schedule.capacity() >= 40 * TiB  # the issue asks for 40 TiB in one stream
-    assert schedule.capacity(1000) == 1000 * 8 * MiB  # 7.8 GiB in 8 MiB parts: no big part
-    assert schedule.capacity() == 1000 * 8 * MiB + 100 * 8 * MiB * (2**10 - 2) + 8100 * 5 * (
-        1024 * MiB)  # 40.33 TiB
+    assert schedule.capacity(1000) == 1000 * 6 * MiB  # 5.86 GiB in 6 MiB parts: no big part
+    assert schedule.capacity() == 1000 * 6 * MiB + 100 * 6 * MiB * (2**10 - 2) + 8100 * 5 * (
+        1024 * MiB)  # 40.14 TiB
     assert schedule.size_of(S3_MAX_PARTS) == 5 * GiB
     assert max(stage.part_size for stage in schedule.stages()) == 5 * GiB
     assert len(schedule.stages()) == 11
@@ -44,13 +44,13 @@ def test_defaults() -> None:
 
 def test_defaults_first_and_stage_boundaries() -> None:
     schedule = PartSchedule()
-    assert schedule.size_of(1) == 8 * MiB
-    assert schedule.size_of(1000) == 8 * MiB
-    assert schedule.size_of(1001) == 16 * MiB
+    assert schedule.size_of(1) == 6 * MiB
+    assert schedule.size_of(1000) == 6 * MiB
+    assert schedule.size_of(1001) == 12 * MiB
     assert schedule.stage_of(1000) == 0
     assert schedule.stage_of(1001) == 1
-    assert schedule.size_of(1100) == 16 * MiB
-    assert schedule.size_of(1101) == 32 * MiB
+    assert schedule.size_of(1100) == 12 * MiB
+    assert schedule.size_of(1101) == 24 * MiB
     assert schedule.stage_of(S3_MAX_PARTS) == 10
 
 
@@ -183,7 +183,7 @@ def test_invalid_growth(growth: int) -> None:
 
 def test_stage_fields() -> None:
     first = PartSchedule().stages()[0]
-    assert first == Stage(0, 1, 1000, 8 * MiB, 8000 * MiB)
+    assert first == Stage(0, 1, 1000, 6 * MiB, 6000 * MiB)
     assert first.parts == 1000
 
 
@@ -192,8 +192,8 @@ def test_describe_defaults() -> None:
     lines = table.splitlines()
     assert lines[0] == "| stage | parts | part size | reaches |"
     assert len(lines) == 2 + 11
-    assert lines[2] == "| 0 | 1–1000 | 8 MiB | 7.81 GiB |"
-    assert lines[-1] == "| 10 | 1901–10000 | 5 GiB | 40.33 TiB |"
+    assert lines[2] == "| 0 | 1–1000 | 6 MiB | 5.85 GiB |"
+    assert lines[-1] == "| 10 | 1901–10000 | 5 GiB | 40.14 TiB |"
 
 
 @pytest.mark.parametrize(

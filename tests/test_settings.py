@@ -50,7 +50,7 @@ def test_built_in_defaults_are_configs(clean_env: Path) -> None:
     for dest in settable(parser):
         if dest != "prefix":  # None on the command line: "not given", as against s3://B/P/
             assert parser.get_default(dest) == default(dest), dest
-    assert "(default 8M)" in parser.format_help() and Config.part_size == 8 * MiB
+    assert "(default 6M)" in parser.format_help() and Config.part_size == 6 * MiB
 
 
 def test_precedence_cli_env_section_defaults(clean_env: Path,

@@ -50,7 +50,7 @@ help:
 	@echo "make demo       start SeaweedFS, seed $(DEMO_BUCKET), mount it at $(DEMO_MNT)"
 	@echo "make demo-stop  unmount, stop the server, remove $(DEMO)"
 	@echo "make bench      s3mount side by side with s3fs, rclone and boto3 (bench/run.py,"
-	@echo "                ~15 min), then the tail of a big disk (bench/bigdisk.py, ~25 min);"
+	@echo "                ~17 min), then the tail of a big disk (bench/bigdisk.py, ~25 min);"
 	@echo "                BENCH_ARGS=--quick to try it; apt-get installs"
 	@echo "                $(BENCH_APT_PACKAGES) if missing"
 	@echo "make bench-bigdisk  the tail of a big disk alone: parts up to 512 MiB and 4 GiB"

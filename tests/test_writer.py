@@ -357,6 +357,48 @@ async def test_concurrent_uploads_keep_the_budget(config: Config, s3: Any, bucke
     assert sorted(keys(s3, bucket)) == sorted(payloads)
 
 
+class CountingStore(FaultyStore):
+    """Slow parts, and the most sent at once (before `closing` is set)."""
+
+    def __init__(self, inner: S3Store, delay: float) -> None:
+        super().__init__(inner)
+        self.part_delay, self.sending, self.most, self.closing = delay, 0, 0, False
+        self.sent: list[int] = []
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Any,
+                          md5: bytes, checksum: Any = None) -> Any:
+        self.sending += 1
+        if not self.closing:
+            self.most = max(self.most, self.sending)
+        try:
+            return await super().upload_part(key, upload_id, number, body, md5, checksum)
+        finally:
+            self.sending -= 1
+            self.sent.append(number)
+
+
+async def test_the_default_budget_keeps_two_parts_at_the_server_while_part_one_is_held(
+        config: Config, s3: Any, bucket: str, nursery: trio.Nursery) -> None:
+    """With the default --part-size and --max-memory (6 MiB, 24 MiB: four buffers), a stream
+    holds part 1, fills one part and has two more at the server; when the writer needs room,
+    the part it just filled is sent too (three at once). With 8 MiB parts it was one, and two."""
+    defaults = Config(bucket="b", mountpoint="/m")
+    config = replace(config, part_size=defaults.part_size, max_memory=defaults.max_memory)
+    assert config.max_memory // config.part_size == 4
+    store = CountingStore(S3Store(config), delay=0.5)
+    mgr = uploads(config, nursery, store)
+    data = os.urandom(6 * config.part_size + 1)
+    up = mgr.start("d.bin")
+    with trio.fail_after(60):
+        await write_all(up, data)
+        assert 1 not in store.sent  # part 1 is held for patches until close
+        store.closing = True
+        await finish(up, s3, bucket, data, config)
+    assert store.most == 3
+    assert mgr.budget.peak <= config.max_memory
+    assert sorted(store.sent) == list(range(1, 8))
+
+
 @pytest.mark.expect_log(
     r"^s3mount\.writer: slow\.bin: upload aborted: aborted: SIGTERM received twice$",
 )

@@ -71,6 +71,13 @@ class _S3mount(S3mount):
         return cmd + list(self.extra), e
 
 
+def py_spy() -> str:
+    """The py-spy beside this interpreter (the venv's, not on PATH when the venv's python is
+    run by its path), else the one on PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.exists() else "py-spy"
+
+
 def _mounted(env: Env, server: object, bucket: str, work: Path, extra: list[str],
              pyspy: Path | None, label: str, fn: Callable[[Path], float]) -> float:
     base = SYSTEMS["s3mount"]
@@ -80,12 +87,12 @@ def _mounted(env: Env, server: object, bucket: str, work: Path, extra: list[str]
     scratch.mkdir(exist_ok=True)
     m = Mount(system, server, bucket, mnt, scratch, work / "s3mount.log")  # type: ignore[arg-type]
     spy = None
-    if pyspy is not None:
-        spy = subprocess.Popen(["py-spy", "record", "-p", str(m.proc.pid), "-r", "500", "-f",
-                                "raw", "-o", str(pyspy / f"{label}.txt"), "--threads"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1)
     try:
+        if pyspy is not None:
+            spy = subprocess.Popen([py_spy(), "record", "-p", str(m.proc.pid), "-r", "500", "-f",
+                                    "raw", "-o", str(pyspy / f"{label}.txt"), "--threads"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
         c0 = m.cpu_seconds()
         value = fn(mnt)
         c1 = m.cpu_seconds()

@@ -36,7 +36,7 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.profile_small import _S3mount  # noqa: E402
+from bench.profile_small import _S3mount, py_spy  # noqa: E402
 from bench.systems import SYSTEMS, Mount  # noqa: E402
 from bench.workloads import (  # noqa: E402
     FULL,
@@ -81,7 +81,7 @@ def _on_mount(env: Env, name: str, run: int, work: Path, extra: list[str],
     try:
         time.sleep(0.5)  # the mount's own start-up (the read-ahead setting) is not counted
         if pyspy is not None:
-            cmd = ["py-spy", "record", "-p", str(m.proc.pid), "-r", "250", "-f", "raw", "-o",
+            cmd = [py_spy(), "record", "-p", str(m.proc.pid), "-r", "250", "-f", "raw", "-o",
                    str(pyspy / f"{label}.txt"), "--threads", *(["--native"] if native else [])]
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)

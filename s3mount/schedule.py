@@ -23,6 +23,7 @@ from s3mount.config import (
     S3_MAX_PART,
     S3_MAX_PARTS,
     S3_MIN_PART,
+    Config,
     GiB,
     KiB,
     MiB,
@@ -48,10 +49,10 @@ class Stage:
 @dataclass(frozen=True)
 class PartSchedule:
     """Part sizes that double after ``growth_every`` parts, then after every
-    ``later_every`` parts, within S3's limits."""
+    ``later_every`` parts, within S3's limits. The defaults are the mount's (`Config`)."""
 
-    part_size: int = 6 * MiB
-    growth_every: int = 1000
+    part_size: int = Config.part_size
+    growth_every: int = Config.part_growth_every
 
     def __post_init__(self) -> None:
         if not S3_MIN_PART <= self.part_size <= S3_MAX_PART:

@@ -1,8 +1,9 @@
-"""The three small-operation workloads of the benchmark against s3mount alone, with the S3
-requests each one makes: `cp -r` of 1,000 files of 4 KiB, time to first byte, and `find` over
-1,000 entries. Used to profile and fix them (docs/benchmarks.md, "Profiles and fixes").
+"""The small-operation workloads of the benchmark against s3mount alone, with the S3
+requests each one makes: `cp -r` of 1,000 files of 4 KiB, time to first byte, `find` over
+1,000 entries, and `ls -l` of 10,000 objects. Used to profile and fix them
+(docs/benchmarks.md, "Profiles and fixes").
 
-    python bench/profile_small.py [--runs 3] [--only create,ttfb,find] [--no-count]
+    python bench/profile_small.py [--runs 3] [--only create,ttfb,find,ls] [--no-count]
                                   [--mount-args "--metadata-ttl 1"] [--pyspy DIR]
 
 Each run is on a fresh mount, as in `make bench` (bench/workloads.py does the work). Timings
@@ -35,6 +36,7 @@ from bench.workloads import (  # noqa: E402
     drop_bucket,
     fs_create,
     fs_find,
+    fs_ls,
     fs_ttfb,
     make_sources,
     put_ttfb_object,
@@ -45,7 +47,7 @@ from tests.seaweed import SeaweedServer  # noqa: E402
 
 DATA_BUCKET = "prof-data"
 CPU: list[float] = []  # CPU seconds of the mount process over each timed workload
-WORKLOADS = ("create", "ttfb", "find")
+WORKLOADS = ("create", "ttfb", "find", "ls")
 
 
 class _Server:
@@ -121,6 +123,9 @@ def run(env: Env, name: str, server: object, work: Path, run_no: int, extra: lis
         key = put_ttfb_object(env, "s3mount", run_no + 1000 * len(list(work.iterdir())))
         return _mounted(env, server, DATA_BUCKET, work, extra, pyspy, label,
                         lambda m: fs_ttfb(env, m, key))
+    if name == "ls":
+        return _mounted(env, server, DATA_BUCKET, work, extra, pyspy, label,
+                        lambda m: fs_ls(env, m))
     return _mounted(env, server, DATA_BUCKET, work, extra, pyspy, label,
                     lambda m: fs_find(env, m))
 
@@ -140,7 +145,8 @@ def main() -> None:
     extra = shlex.split(a.mount_args)
     if a.pyspy:
         a.pyspy.mkdir(parents=True, exist_ok=True)
-    sizes = replace(FULL, big_mib=1, list_objects=1)
+    # the 10,000 objects of `ls -l` are seeded only when it is run
+    sizes = replace(FULL, big_mib=1, list_objects=FULL.list_objects if "ls" in names else 1)
     work = Path(tempfile.mkdtemp(prefix="s3mount-prof-"))
     shm = Path(tempfile.mkdtemp(prefix="s3mount-prof-", dir="/dev/shm"))
     server = SeaweedServer().start()

@@ -9,6 +9,7 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.machine import Noise
 from bench.systems import System
 from bench.workloads import Figure, Sizes
 
@@ -21,6 +22,8 @@ class Results:
 
     values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    # what the rest of the machine did during each run that passed (bench/machine.py)
+    noise: dict[str, dict[str, list[Noise]]] = field(default_factory=dict)
 
     def add(self, system: str, fig: str, value: float) -> None:
         self.values.setdefault(system, {}).setdefault(fig, []).append(value)
@@ -153,6 +156,13 @@ def markdown(res: Results, figs: list[Figure], systems: list[System], meta: Meta
         "Figures of every run:", "", "```",
         *[f"{s.name} {fig.key}: " + ", ".join(fmt(v) for v in res.runs(s.name, fig.key))
           for s in systems for fig in figs if res.runs(s.name, fig.key)],
+        "```", "",
+        "The rest of the machine during each run of each workload, in the order of the "
+        "figures above (`bench/machine.py`): CPU-s of processes outside the benchmark's tree "
+        "(not the server, the mounts or the workloads' commands), of kernel threads, and the "
+        "hypervisor's steal. A run is quiet where the first and last are near 0.", "", "```",
+        *[f"{s.name} {key}: " + " | ".join(n.brief() for n in noises)
+          for s in systems for key, noises in res.noise.get(s.name, {}).items()],
         "```", ""]
     return "\n".join(lines)
 

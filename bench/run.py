@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import machine  # noqa: E402
 from bench.report import Meta, Results, chart, fmt, markdown  # noqa: E402
 from bench.systems import (  # noqa: E402
     ROOT,
@@ -193,15 +194,19 @@ class Bench:
             if mount is not None:
                 mount.check()
             cpu0 = mount.cpu_seconds() if mount is not None else None
+            quiet0 = machine.snapshot()
             value = fn()
             cpu = self._cpu_used(mount, cpu0)
+            noise = machine.noise(quiet0, machine.snapshot())
         except BenchError as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - any surprise is one failed figure
             reason = f"{type(exc).__name__}: {exc}"
         else:
             self.res.add(system.name, key, value)
-            say(f"    {fig.label}: {fmt(value)} {fig.unit} ({time.monotonic() - t0:.1f} s)")
+            self.res.noise.setdefault(system.name, {}).setdefault(key, []).append(noise)
+            say(f"    {fig.label}: {fmt(value)} {fig.unit} ({time.monotonic() - t0:.1f} s; "
+                f"{noise.brief()})")
             if key in CPU_OF:
                 self._add_cpu(system, key, cpu)
             return

@@ -22,6 +22,7 @@ import email.utils
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -528,10 +529,28 @@ class S3Store:
         if self.wire is None:
             return await self._heads_apart(keys, each)
         token = trio.lowlevel.current_trio_token()
+        # Answers that come while the trio thread has not yet taken the earlier ones go with
+        # them, in one wake-up of it (each wake-up is a hand-over between the threads).
+        ready: list[tuple[int, ObjectInfo | None | StoreError]] = []
+        lock = threading.Lock()
+
+        def give() -> None:
+            with lock:
+                batch = ready[:]
+                ready.clear()
+            for i, answer in batch:
+                assert each is not None
+                each(i, answer)
 
         def told(i: int, answer: dict[str, Any] | Exception) -> None:
-            if each is not None:
-                token.run_sync_soon(each, i, _head_answer(keys[i], answer))
+            if each is None:
+                return
+            info = _head_answer(keys[i], answer)
+            with lock:
+                ready.append((i, info))
+                first = len(ready) == 1
+            if first:  # else a `give` is queued and not yet run: it takes this one too
+                token.run_sync_soon(give)
 
         answers = await self._read_call(
             f"HEAD of {len(keys)} keys", lambda: self._either(
@@ -867,17 +886,27 @@ def _set_send_block(client: Any, size: int) -> None:
                   "its default blocks")
 
 
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                        "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
 def parse_timestamp(value: str) -> datetime.datetime:
     """S3's two timestamp forms, ISO 8601 in XML bodies ("2026-11-23T15:12:27.000Z") and
     HTTP dates in headers ("Mon, 23 Nov 2026 15:12:27 GMT"), as aware UTC datetimes, ten times
-    faster than botocore's dateutil; anything else goes to botocore's parser."""
+    faster than botocore's dateutil; anything else goes to botocore's parser. An HTTP date in
+    RFC 7231's fixed form is cut by position (a HEAD's Last-Modified, one per file of `ls -l`:
+    email.utils took 4% of the mount's time there), any other by email.utils."""
     try:
         if value.endswith("Z"):
             return datetime.datetime.fromisoformat(value[:-1]).replace(
                 tzinfo=datetime.UTC)
         if value.endswith(" GMT"):
+            if len(value) == 29 and value[3:5] == ", " and value[16] == " ":
+                return datetime.datetime(
+                    int(value[12:16]), _MONTHS[value[8:11]], int(value[5:7]), int(value[17:19]),
+                    int(value[20:22]), int(value[23:25]), tzinfo=datetime.UTC)
             return email.utils.parsedate_to_datetime(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError):
         pass
     return botocore.utils.parse_timestamp(value)
 

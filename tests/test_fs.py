@@ -281,6 +281,7 @@ def test_timestamp_parser_agrees_with_botocore() -> None:
 
     for value in ["2026-11-23T15:12:27.000Z", "2026-11-23T15:12:27Z",
                   "2026-11-23T15:12:27.123456Z", "Mon, 23 Nov 2026 15:12:27 GMT",
-                  "Thu, 01 Jan 1970 00:00:00 GMT", "1700000000", "2026-11-23T15:12:27+02:00"]:
+                  "Thu, 01 Jan 1970 00:00:00 GMT", "Sun, 29 Feb 2032 23:59:59 GMT",
+                  "Tue, 1 Dec 2026 08:05:09 GMT", "1700000000", "2026-11-23T15:12:27+02:00"]:
         assert parse_timestamp(value) == botocore.utils.parse_timestamp(value), value
         assert parse_timestamp(value).utcoffset() is not None

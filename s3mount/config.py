@@ -69,6 +69,10 @@ class Config:
     # Metadata: how long the kernel and we trust what S3 said (seconds). Small, because other
     # clients may write to the bucket; 0 disables caching.
     metadata_ttl: float = 1.0
+    # Where a file's mode, owner and times come from: "object" (its metadata, s3fs's and
+    # rclone's convention: a HEAD per listed file) or "listing" (what a LIST says: none, no
+    # HEAD; the mount's options and Last-Modified), as rclone's --use-server-modtime.
+    attrs_from: str = "object"
 
     # Writes
     part_size: int = 6 * MiB  # the default budget holds four: part 1, one filling, two sent

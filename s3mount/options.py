@@ -148,6 +148,11 @@ def mount_parser() -> Parser:
     fs.add_argument("--metadata-ttl", type=float, default=d("metadata_ttl"), metavar="SECONDS",
                     help="how long attributes and negative lookups are cached "
                     f"(default {d('metadata_ttl'):g})")
+    fs.add_argument("--attrs-from", choices=("object", "listing"), default=d("attrs_from"),
+                    help="object: modes, owners, times and symlinks as the objects' metadata "
+                    "stores them (a HEAD per file `ls -l` shows); listing: size and "
+                    "Last-Modified as a LIST says, with --file-mode/--uid/--gid (no HEAD: "
+                    f"`ls -l` costs its LISTs alone) (default {d('attrs_from')})")
     fs.add_argument("--dir-suffix", default=d("dir_suffix"),
                     help=f"suffix of directory marker objects (default {d('dir_suffix')!r})")
     wr = p.add_argument_group("writes")
@@ -240,6 +245,7 @@ def build_config(ns: argparse.Namespace) -> Config:
         log_file=os.path.abspath(ns.log_file) if ns.log_file else None,
         allow_other=ns.allow_other, uid=ns.uid, gid=ns.gid, file_mode=ns.file_mode,
         dir_mode=ns.dir_mode, dir_suffix=ns.dir_suffix, metadata_ttl=ns.metadata_ttl,
+        attrs_from=ns.attrs_from,
         part_size=ns.part_size, part_growth_every=ns.part_growth_every,
         max_memory=ns.max_memory, upload_concurrency=ns.upload_concurrency,
         checksum=ns.checksum, verify=ns.verify, verify_reads=ns.verify_reads,

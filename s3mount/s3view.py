@@ -41,17 +41,24 @@ class Entry:
         return self.kind == "file" and self.meta is not None and self.meta.is_symlink
 
 
-def file_entry(info: ObjectInfo) -> Entry:
-    """The entry of a file from what S3 answered about its object (HEAD: with metadata)."""
-    meta = None if info.meta is None else FileMeta.from_headers(info.meta, info.key)
+def file_entry(info: ObjectInfo, listing_attrs: bool = False) -> Entry:
+    """The entry of a file from what S3 answered about its object (HEAD: with metadata). With
+    `listing_attrs` (--attrs-from listing) a LIST's answer is complete: no metadata to read."""
+    if info.meta is not None:
+        meta: FileMeta | None = FileMeta.from_headers(info.meta, info.key)
+    else:
+        meta = FileMeta() if listing_attrs else None
     return Entry("file", info.size, info.mtime, info.etag, meta)
 
 
 class S3View:
-    def __init__(self, store: Store, keys: KeyMap, page_size: int = 1000) -> None:
+    def __init__(self, store: Store, keys: KeyMap, page_size: int = 1000,
+                 listing_attrs: bool = False) -> None:
         self.store = store
         self.keys = keys
         self.page_size = page_size
+        # --attrs-from listing: a listed file's entry is complete without its HEAD
+        self.listing_attrs = listing_attrs
         self.mount_time = time.time()
 
     def dir_entry(self, mtime: float | None = None) -> Entry:
@@ -161,7 +168,7 @@ class S3View:
                 key = key[: -len(suffix)]
                 entry = self.dir_entry(obj.mtime)
             else:
-                entry = file_entry(obj)
+                entry = file_entry(obj, self.listing_attrs)
             name = self.keys.child_name(path, key)
             if name is not None:
                 yield rel, name, entry

@@ -292,6 +292,59 @@ def test_ls_l_reads_ahead_the_heads_of_a_listed_directory(
     assert len(chain) <= n // 4, [(s.kind, s.path) for s in chain]
 
 
+def test_attrs_from_listing_shows_ls_l_from_the_lists_alone(
+        mount_factory: Callable[..., Mount], proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    """--attrs-from listing (rclone's --use-server-modtime, goofys's way): `ls -l` of N files
+    sends the LISTs and no HEAD, and each file shows what a LIST says (size, Last-Modified)
+    with the mount's mode and owner, whatever its metadata holds (an s3fs symlink's too); a
+    lookup by path, whose HEAD brings the metadata, shows the same. What the mount writes is
+    stored as with `object`: a symlink made through it is a link in the bucket and reads back
+    as one. The default mount shows the metadata (the contrast)."""
+    n = 40
+    for i in range(n):
+        s3.put_object(Bucket=bucket, Key=f"d/f{i:03d}", Body=b"x" * i,
+                      Metadata={"mode": str(stat.S_IFREG | 0o600), "uid": "1234",
+                                "mtime": str(1_500_000_000 + i)})
+    s3.put_object(Bucket=bucket, Key="d/link", Body=b"f000",
+                  Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    listed = {o["Key"].rpartition("/")[2]: int(o["LastModified"].timestamp())
+              for o in s3.list_objects_v2(Bucket=bucket, Prefix="d/")["Contents"]}
+
+    m = mount_factory(bucket, "--endpoint-url", proxy.url, "--metadata-ttl", "30",
+                      "--attrs-from", "listing")
+    proxy.counts.clear()
+    out = subprocess.run(["ls", "-ln", "--time-style=+%s", str(m.path / "d")], check=True,
+                         capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    lines = out.stdout.splitlines()[1:]
+    assert len(lines) == n + 1
+    for line in lines:
+        mode, _, uid, _, size, mtime, name = line.split()
+        body = 4 if name == "link" else int(name[1:])
+        assert (mode, int(uid), int(size), int(mtime)) == (
+            "-rw-r--r--", os.getuid(), body, listed[name]), line
+    counts = {k: v for k, v in proxy.counts.items() if k != "requests"}
+    assert counts == {"LIST": 2}, counts  # d's lookup, the readdir: no HEAD
+
+    fresh = mount_factory(bucket, "--endpoint-url", proxy.url, "--attrs-from", "listing")
+    proxy.counts.clear()
+    st = os.lstat(fresh.path / "d" / "f007")  # looked up by path: its HEAD, or a GET for one
+    assert proxy.counts["HEAD"] + proxy.counts["GET"] >= 1, dict(proxy.counts)
+    assert (stat.filemode(st.st_mode), st.st_uid, int(st.st_mtime)) == (
+        "-rw-r--r--", os.getuid(), listed["f007"])
+
+    os.symlink("f001", m.path / "d" / "made")
+    assert os.readlink(m.path / "d" / "made") == "f001"
+    stored = s3.head_object(Bucket=bucket, Key="d/made")
+    assert stat.S_ISLNK(int(stored["Metadata"]["mode"]))
+    assert s3.get_object(Bucket=bucket, Key="d/made")["Body"].read() == b"f001"
+
+    default = mount_factory(bucket, "--endpoint-url", proxy.url)
+    st = os.lstat(default.path / "d" / "f007")
+    assert (stat.filemode(st.st_mode), st.st_uid, int(st.st_mtime)) == (
+        "-rw-------", 1234, 1_500_000_007)
+    assert os.readlink(default.path / "d" / "link") == "f000"
+
+
 S3FS_META = {"mode": str(stat.S_IFREG | 0o640), "uid": "1234", "gid": "2345",
              "mtime": "1600000000.5", "atime": "1600000001", "ctime": "1600000002"}
 

@@ -106,3 +106,8 @@ class Config:
     max_connections: int = 16
     stall_warning: float = 5.0  # a request unanswered this long is logged (once) as a stall
     metrics: str | None = None  # HOST:PORT serving Prometheus metrics (metrics.py), or None
+
+    @property
+    def listing_attrs(self) -> bool:
+        """--attrs-from listing: a listed file is shown as the LIST says, with no HEAD."""
+        return self.attrs_from == "listing"

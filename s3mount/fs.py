@@ -77,7 +77,6 @@ class S3Fs(pyfuse3.Operations):
         self.read_budget = ReadBudget(config.read_memory)  # shared by all readers
         self.readers = Readers(store, self.read_budget, nursery, config.read_ahead_max)
         self.handles = HandleTable()
-        self.listing_attrs = config.attrs_from == "listing"
         self.ns.first_read = lambda path, entry: self.readers.start_first_read(
             self.ns.keys.file_key(path), entry.etag, entry.size)
         first_get = first_get_of(store)
@@ -91,7 +90,7 @@ class S3Fs(pyfuse3.Operations):
         a file shows the same whether a listing or a HEAD found it."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
-        meta = _NO_META if self.listing_attrs else node.meta or _NO_META
+        meta = _NO_META if self.config.listing_attrs else node.meta or _NO_META
         if node.kind == "dir":
             a.st_mode, a.st_nlink = stat.S_IFDIR | self.config.dir_mode, 2
         elif node.is_symlink:

@@ -85,7 +85,7 @@ class Namespace:
         self.nursery = nursery  # for metadata stored a moment later (None: at once)
         self.pending_meta: dict[int, Node] = {}  # by inode: times or modes not stored yet
         self.keys = KeyMap(config.prefix, config.dir_suffix)
-        self.view = S3View(store, self.keys, listing_attrs=config.attrs_from == "listing")
+        self.view = S3View(store, self.keys, listing_attrs=config.listing_attrs)
         self.inodes = InodeTable(config.metadata_ttl, self.view.mount_time)
         self.renamer = Renamer(store, config.rename_max_keys, self.keys)
         self.writing: dict[int, Writing] = {}  # by inode
@@ -103,7 +103,7 @@ class Namespace:
         # The HEADs of a listed directory's files, started when `ls -l` asks for the first
         # (none with --attrs-from listing: a listed file needs no HEAD)
         self.ahead = Lookahead(nursery if config.metadata_ttl > 0
-                               and not self.view.listing_attrs else None,
+                               and not config.listing_attrs else None,
                                self._fetch_ahead, min(AHEAD_HEADS, config.max_connections - 4),
                                config.metadata_ttl)
 
